@@ -1,0 +1,203 @@
+"""Typed, validated parameters: the only module that reads params.yaml.
+
+`load_params()` turns the YAML into frozen dataclasses once. Every value is checked
+(type, range, allowed choices, unknown keys) before any stage does work, and a bad value
+fails with its dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, mistyped or out of range."""
+
+
+def _check(**rules: Any) -> dict:
+    """Field metadata: gt/ge/le bounds, `min_len` for lists, `item_ge`/`item_le` for list items."""
+    return {"rules": rules}
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
+    mirrors: tuple[str, ...] = ()
+    timeout: float = field(default=30.0, metadata=_check(gt=0))
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    train_limit: int = field(default=0, metadata=_check(ge=0))  # 0 keeps every image
+    test_limit: int = field(default=0, metadata=_check(ge=0))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    z_dim: int = field(default=20, metadata=_check(ge=1))
+    hidden: int = field(default=400, metadata=_check(ge=1))
+
+
+@dataclass(frozen=True)
+class TrainVAEParams:
+    epochs: int = field(default=40, metadata=_check(ge=1))
+    batch_size: int = field(default=128, metadata=_check(ge=1))
+    lr: float = field(default=1e-3, metadata=_check(gt=0))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainDirectParams:
+    epochs: int = field(default=40, metadata=_check(ge=1))
+    batch_size: int = field(default=256, metadata=_check(ge=1))
+    lr: float = field(default=1e-3, metadata=_check(gt=0))
+    mc_samples: int = field(default=64, metadata=_check(ge=1))
+    fixed_samples: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    seed: int = 0
+    batch_size: int = field(default=1000, metadata=_check(ge=1))
+    prior_mc_samples: int = field(default=20000, metadata=_check(ge=1))
+    search_candidates: int = field(default=20000, metadata=_check(ge=1))
+    denoise_images: int = field(default=1000, metadata=_check(ge=1))
+    flip_probs: tuple[float, ...] = field(
+        default=(0.0, 0.01, 0.02, 0.05, 0.1), metadata=_check(min_len=1, item_ge=0, item_le=1)
+    )
+
+
+@dataclass(frozen=True)
+class VisualizeParams:
+    seed: int = 0
+    n_show: int = field(default=8, metadata=_check(ge=1))
+    search_candidates: int = field(default=20000, metadata=_check(ge=1))
+    flip_prob: float = field(default=0.02, metadata=_check(ge=0, le=1))
+    interp_from: int = field(default=6, metadata=_check(ge=0, le=9))
+    interp_to: int = field(default=9, metadata=_check(ge=0, le=9))
+    interp_steps: int = field(default=10, metadata=_check(ge=2))
+    tsne_points: int = field(default=3000, metadata=_check(ge=10))
+    tsne_perplexity: float = field(default=30.0, metadata=_check(gt=0))
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "latentfit"
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = DataParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    model: ModelParams = ModelParams()
+    train_vae: TrainVAEParams = TrainVAEParams()
+    train_direct: TrainDirectParams = TrainDirectParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    visualize: VisualizeParams = VisualizeParams()
+    tracking: TrackingParams = TrackingParams()
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run the stage from the repository root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    return parse_params(raw)
+
+
+def parse_params(raw: Any) -> Params:
+    return _build(Params, raw, "")
+
+
+def to_flat_dict(params: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"train_vae.lr": 0.001, ...}`: the dotted names MLflow and `dvc exp show` use."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value, name = getattr(params, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            flat.update(to_flat_dict(value, name + "."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where} must be a mapping of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ParamsError(
+                f"unknown key '{prefix}{key}' in params.yaml.{hint} Allowed keys here: {', '.join(known)}"
+            )
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue  # the dataclass default applies
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(raw[name], hint, prefix + name, f.metadata.get("rules", {}))
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, rules: dict) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ParamsError(f"{key} = {value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise ParamsError(f"{key} = {value!r} must be a list of {item_type.__name__}")
+        if len(value) < rules.get("min_len", 0):
+            raise ParamsError(f"{key} must hold at least {rules['min_len']} item(s), got {value!r}")
+        item_rules = {k[5:]: v for k, v in rules.items() if k.startswith("item_")}
+        return tuple(_coerce(v, item_type, f"{key}[{i}]", item_rules) for i, v in enumerate(value))
+    return _scalar(value, hint, key, rules)
+
+
+def _scalar(value: Any, hint: type, key: str, rules: dict) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ParamsError(f"{key} = {value!r} has the wrong type: expected {hint.__name__}")
+    if hint is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ParamsError(f"{key} = {value!r} must be a finite number")
+    bounds = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="), "le": (lambda v, b: v <= b, "<=")}
+    for rule, (test, sign) in bounds.items():
+        if rule in rules and not test(value, rules[rule]):
+            raise ParamsError(f"{key} = {value!r} is out of range: it must be {sign} {rules[rule]}")
+    return value
+
+

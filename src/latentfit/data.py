@@ -1,0 +1,184 @@
+"""Datasets: registry, IDX read/write, fetching with verification, preprocessing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets as tv_datasets
+from tqdm import tqdm
+
+from .io import atomic_path, save_torch
+
+IMAGE_SHAPE = (28, 28)
+SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
+          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000)}
+# torchvision's dataset classes carry the official mirrors and the published MD5 of every file.
+_TORCHVISION = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST, "kmnist": tv_datasets.KMNIST}
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+class DataError(RuntimeError):
+    """Data could not be fetched, verified or read."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str
+    kind: str  # "images" | "labels"
+    count: int
+    md5: str
+
+
+def file_specs(dataset: str) -> list[FileSpec]:
+    md5 = dict(_TORCHVISION[dataset].resources)
+    specs = []
+    for images, labels, count in SPLITS.values():
+        specs += [FileSpec(images, "images", count, md5[images]), FileSpec(labels, "labels", count, md5[labels])]
+    return specs
+
+
+def official_mirrors(dataset: str) -> list[str]:
+    return list(_TORCHVISION[dataset].mirrors)
+
+
+# ---------------------------------------------------------------- IDX format
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (the MNIST format)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with atomic_path(path) as tmp, gzip.open(tmp, "wb", compresslevel=6) as f:
+        f.write(header + array.tobytes())
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read a gzipped IDX file, failing with a DataError that says what is wrong with it."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{Path(path).name}: truncated or corrupt gzip ({err})") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{Path(path).name}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(raw) != offset + int(np.prod(dims)):
+        raise DataError(f"{Path(path).name}: IDX header says {dims} but holds {len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def verify_idx(path: str | Path, spec: FileSpec) -> np.ndarray:
+    array = read_idx(path)
+    expect = (spec.count, *IMAGE_SHAPE) if spec.kind == "images" else (spec.count,)
+    if array.shape != expect:
+        raise DataError(f"{spec.name}: expected {spec.kind} of shape {expect}, found {array.shape}")
+    if spec.kind == "labels" and array.max(initial=0) > 9:
+        raise DataError(f"{spec.name}: labels must be digits 0-9, found {int(array.max())}")
+    return array
+
+
+# ---------------------------------------------------------------- fetching
+def fetch_dataset(dataset: str, mirrors: list[str], dest: str | Path, timeout: float = 30.0) -> list[Path]:
+    """Fetch and verify the four files of `dataset` into `dest`, trying `mirrors` then the official ones.
+
+    Every file is checked against its split's count, so image and label counts agree.
+    Each file goes to a temporary name and is renamed into place only once verified, so `dest`
+    never holds a partial or unverified file. Raises DataError listing every source tried and why.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    sources = [(m, False) for m in mirrors] + [(m, True) for m in official_mirrors(dataset)]
+    paths = []
+    for spec in file_specs(dataset):
+        failures = []
+        for source, official in sources:
+            try:
+                _fetch_one(source, spec, dest / spec.name, timeout, check_md5=official)
+                break
+            except DataError as err:
+                failures.append(f"  - {source}: {err}")
+                tqdm.write(f"[download] {spec.name} from {source} failed: {err}")
+        else:
+            raise DataError(
+                f"could not get {spec.name} of dataset '{dataset}' from any source:\n" + "\n".join(failures)
+                + "\nFix: put the four .gz files in a local directory (or serve them over http) and list it under"
+                " data.mirrors in params.yaml, e.g. `dvc exp run -S 'data.mirrors=[\"/path/to/dir\"]'`."
+            )
+        paths.append(dest / spec.name)
+    return paths
+
+
+def _fetch_one(source: str, spec: FileSpec, target: Path, timeout: float, check_md5: bool) -> None:
+    with atomic_path(target) as tmp:
+        if source.startswith(("http://", "https://")):
+            _download(source.rstrip("/") + "/" + spec.name, tmp, timeout)
+        else:
+            local = Path(source.removeprefix("file://")).expanduser() / spec.name
+            if not local.is_file():
+                raise DataError(f"no file {local}")
+            shutil.copyfile(local, tmp)
+        if check_md5:
+            digest = hashlib.md5(tmp.read_bytes()).hexdigest()
+            if digest != spec.md5:
+                raise DataError(f"MD5 {digest} does not match the published {spec.md5}")
+        verify_idx(tmp, spec)
+
+
+def _download(url: str, path: Path, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(path, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, leave=False) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            if total is not None and path.stat().st_size != total:
+                raise DataError(f"{url}: connection closed after {path.stat().st_size} of {total} bytes")
+    except urllib.error.HTTPError as err:
+        raise DataError(f"HTTP {err.code} {err.reason} for {url}") from err
+    except urllib.error.URLError as err:
+        raise DataError(f"cannot reach {url}: {err.reason}") from err
+    except TimeoutError as err:
+        raise DataError(f"{url}: no answer within {timeout:g} s (data.timeout)") from err
+    except (ConnectionError, OSError) as err:
+        raise DataError(f"{url}: {err}") from err
+
+
+# ---------------------------------------------------------------- preprocessing
+def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, torch.Tensor]:
+    """Pixels / 255 as float32 N x 784 in [0, 1], plus int64 labels; the first `limit` items if limit > 0."""
+    images_name, labels_name, count = SPLITS[split]
+    raw_dir = Path(raw_dir)
+    for name in (images_name, labels_name):
+        if not (raw_dir / name).is_file():
+            raise DataError(f"{raw_dir / name} is missing: run the download stage first (`dvc repro download`)")
+    images = torch.from_numpy(read_idx(raw_dir / images_name).copy())
+    labels = torch.from_numpy(read_idx(raw_dir / labels_name).astype(np.int64))
+    if len(images) != len(labels):
+        raise DataError(f"{split}: {len(images)} images but {len(labels)} labels; re-run `dvc repro -f download`")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return {"x": images.reshape(len(images), -1).float().div_(255.0), "y": labels}
+
+
+def save_split(path: str | Path, split: dict[str, torch.Tensor]) -> None:
+    save_torch(path, split)
+
+
+def load_split(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run the preprocess stage first (`dvc repro preprocess`)")
+    split = torch.load(path, weights_only=True)
+    if set(split) != {"x", "y"} or split["x"].ndim != 2:
+        raise DataError(f"{path} is not a prepared split; re-run `dvc repro -f preprocess`")
+    return split

@@ -1,0 +1,74 @@
+"""One function per figure: arrays in, matplotlib Figure out. Nothing here computes a metric."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages write PNGs, they never open windows
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+SIDE = 28
+
+
+def _as_images(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().cpu().reshape(-1, 1, SIDE, SIDE)
+
+
+def image_rows(rows: list[tuple[str, torch.Tensor]], ncols: int, title: str | None = None,
+               cell: float = 1.1) -> Figure:
+    """The one image-grid helper: each (label, images) pair is a labelled row (or block) of images."""
+    heights = [max(1, -(-len(images) // ncols)) for _, images in rows]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(cell * ncols + 1.2, cell * sum(heights) + 0.5),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows):
+        grid = make_grid(_as_images(images), nrow=ncols, padding=2, pad_value=1.0)[0]
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def raw_image(image: torch.Tensor, label: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(_as_images(image)[0, 0].numpy(), cmap="gray")
+    ax.set_title(f"Raw image, label = {label}")
+    ax.axis("off")
+    return fig
+
+
+def latent_scatter(points: np.ndarray, labels: np.ndarray, title: str, axis_label: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, s=6, cmap="tab10", alpha=0.75, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, label="label", ticks=range(10))
+    ax.set_xlabel(f"{axis_label} 1")
+    ax.set_ylabel(f"{axis_label} 2")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def training_curves(vae: pd.DataFrame, direct: pd.DataFrame) -> Figure:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for column, style in (("neg_elbo", "-"), ("rec", "--"), ("kl", ":")):
+        left.plot(vae["epoch"], vae[column], style, label=column)
+    left.set_title("VAE: training -ELBO = rec + KL (nats/image)")
+    right.plot(direct["epoch"], direct["nll"], color="C3", label="MC marginal NLL")
+    right.set_title("Direct fit: training MC NLL (nats/image)")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig

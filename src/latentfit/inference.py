@@ -1,0 +1,69 @@
+"""From images to latents and back: encoding, reconstruction, and prior search for the direct fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data import DataError
+from .likelihood import pairwise_bernoulli_log_prob
+from .models import VAE, Decoder
+
+
+@torch.no_grad()
+def encode(vae: VAE, y: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and log-variances of q_phi(z | y), batch by batch."""
+    vae.eval()
+    parts = [vae.encoder(chunk) for chunk in y.split(batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
+def vae_reconstruct(vae: VAE, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Logits of p(y | z) at z ~ q(z | y) (one draw, as the notebook does); z = mu when generator is None."""
+    mu, logvar = encode(vae, y)
+    z = mu
+    if generator is not None:
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)
+    vae.decoder.eval()
+    return vae.decoder(z)
+
+
+@torch.no_grad()
+def prior_search(decoder: Decoder, y: torch.Tensor, candidates: int, generator: torch.Generator,
+                 chunk: int = 4096) -> torch.Tensor:
+    """For each image, the z among `candidates` prior draws that maximises p(y | z).
+
+    The draws are decoded `chunk` at a time and a running best kept, so memory grows with
+    chunk x pixels and images x chunk, never with candidates x pixels.
+    """
+    decoder.eval()
+    best_score = torch.full((len(y),), -torch.inf, device=y.device)
+    best_z = torch.zeros(len(y), decoder.z_dim, device=y.device)
+    for start in range(0, candidates, chunk):
+        z = torch.randn(min(chunk, candidates - start), decoder.z_dim, generator=generator, device=y.device)
+        score, arg = pairwise_bernoulli_log_prob(y, decoder(z)).max(dim=1)
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best_z[better] = z[arg[better]]
+    return best_z
+
+
+def model_file(model: VAE | Decoder, **extra) -> dict:
+    """What models/*.pt hold: the architecture, the weights and any extra tensors."""
+    decoder = model.decoder if isinstance(model, VAE) else model
+    return {"kind": "vae" if isinstance(model, VAE) else "decoder", "z_dim": decoder.z_dim,
+            "hidden": decoder.fc1.out_features, "state_dict": model.state_dict(), **extra}
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE | Decoder, dict]:
+    """Rebuild a model saved with `model_file`; returns it (in eval mode) and the file's contents."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run the training stages first (`dvc repro`)")
+    saved = torch.load(path, map_location=device, weights_only=True)
+    cls = VAE if saved["kind"] == "vae" else Decoder
+    model = cls(saved["z_dim"], saved["hidden"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved

@@ -1,0 +1,39 @@
+"""Log-likelihood math in log space and logits throughout.
+
+For Bernoulli logits l and data y in [0, 1]:
+    y log sigmoid(l) + (1 - y) log(1 - sigmoid(l)) = y * l - softplus(l),
+so log p(y_b | z_m) for B images against M latent draws is one matrix product,
+Y @ L.T - softplus(L).sum(-1), and never a B x M x 784 tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def bernoulli_log_prob(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(y_i | logits_i) summed over pixels, row by row: (B, D), (B, D) -> (B,)."""
+    return (y * logits - F.softplus(logits)).sum(-1)
+
+
+def pairwise_bernoulli_log_prob(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(y_b | z_m) for every pair: y (B, D), logits (M, D) -> (B, M)."""
+    return y @ logits.T - F.softplus(logits).sum(-1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per row."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def elbo_terms(y: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
+    """Per-image reconstruction term -log p(y | z) and KL term; -ELBO = rec + kl (L = 1)."""
+    return -bernoulli_log_prob(y, logits), gaussian_kl(mu, logvar)
+
+
+def mc_marginal_log_prob(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log (1/M) sum_m p(y | z_m) for logits of M prior draws z_m: (B, D), (M, D) -> (B,)."""
+    return torch.logsumexp(pairwise_bernoulli_log_prob(y, logits), dim=1) - math.log(logits.shape[0])

@@ -1,0 +1,128 @@
+"""MLflow mirror of the DVC outputs: one run per stage execution, tagged so a pipeline's runs group.
+
+DVC files are the source of truth. A tracking store that cannot be reached never loses a stage's
+outputs: the stage warns once and goes on, unless `tracking.required` asks it to fail fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store is required but cannot be reached."""
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the SQLite file mlflow.db at the repo root.
+
+    Queued and --temp DVC experiments run in copies under .dvc/tmp/exps; DVC_ROOT points back at
+    the real repository, so every run lands in the one store that `mlflow ui` shows.
+    """
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
+    """Tags that tie the runs of one pipeline execution together."""
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    # Plain `dvc repro` sets no experiment name: the commit plus the params identify the execution.
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return {"stage": stage, "dvc_exp": exp or "workspace", "git_commit": commit,
+            "pipeline": exp or f"workspace-{commit[:8]}-{digest}",
+            "dataset": str(params.get("data.dataset", ""))}
+
+
+class StageRun:
+    """Thin wrapper over the active MLflow run; after the first failure it warns once and goes quiet."""
+
+    def __init__(self, uri: str, active: bool):
+        self.uri, self.active = uri, active
+
+    def _call(self, fn, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never cost the stage its outputs
+            self.active = False
+            warnings.warn(f"MLflow logging to {self.uri} failed ({err}); the DVC outputs are still written. "
+                          "Re-run the stage with `dvc repro -f <stage>` once the store is reachable.", stacklevel=3)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        import mlflow
+
+        metrics = {k: float(v) for k, v in record.items() if k != "epoch"}
+        self._call(mlflow.log_metrics, metrics, step=int(record["epoch"]))
+
+    def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        import mlflow
+
+        self._call(mlflow.log_metrics, {prefix + k: float(v) for k, v in _flatten(metrics).items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        self._call(mlflow.log_artifact, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
+              required: bool = False) -> Iterator[StageRun]:
+    """One MLflow run for one stage execution, with the params and the grouping tags."""
+    uri = tracking_uri()
+    problem = _unreachable(uri)
+    if problem:
+        message = f"MLflow tracking store {uri} is unreachable ({problem})."
+        if required:
+            raise TrackingError(message + " Start it, point MLFLOW_TRACKING_URI elsewhere, "
+                                          "or set tracking.required: false to run without it.")
+        warnings.warn(message + " Outputs are written without tracking; log them later with "
+                                f"`dvc repro -f {stage}` once it is back.", stacklevel=3)
+        yield StageRun(uri, active=False)
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    tags = pipeline_tags(stage, params)
+    with mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags):
+        run = StageRun(uri, active=True)
+        run._call(mlflow.log_params, {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()})
+        yield run
+
+
+def _unreachable(uri: str) -> str | None:
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            return None
+    except Exception as err:  # noqa: BLE001 - any failure means the server cannot take runs
+        return str(getattr(err, "reason", err))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[prefix + key] = value
+    return flat

@@ -1,0 +1,26 @@
+"""Stage 2: pixels / 255 as float32 N x 784 in [0, 1] plus labels, to data/prepared/."""
+
+from pathlib import Path
+
+from latentfit.config import load_params, to_flat_dict
+from latentfit.data import prepare_split, save_split
+from latentfit.runtime import stage_main
+from latentfit.tracking import stage_run
+
+RAW, PREPARED = Path("data/raw"), Path("data/prepared")
+
+
+@stage_main("preprocess")
+def main() -> None:
+    params = load_params()
+    limits = {"train": params.preprocess.train_limit, "test": params.preprocess.test_limit}
+    with stage_run("preprocess", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
+        for split, limit in limits.items():
+            data = prepare_split(RAW, split, limit)
+            save_split(PREPARED / f"{split}.pt", data)
+            run.log_metrics({f"{split}_images": len(data["x"])})
+            print(f"{split}: {tuple(data['x'].shape)} pixels in [0, 1], {len(data['y'])} labels")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Stage 3: fit the VAE by maximising the ELBO (L = 1), resuming from the last completed epoch."""
+
+from statistics import mean
+
+from latentfit.config import load_params, to_flat_dict
+from latentfit.data import load_split
+from latentfit.inference import model_file
+from latentfit.io import save_torch, write_csv, write_json
+from latentfit.models import VAE
+from latentfit.runtime import Checkpoint, pick_device, run_epochs, seeded_generator, stage_main
+from latentfit.tracking import stage_run
+from latentfit.training import fit_vae, make_optimizer
+
+TRAIN, MODEL = "data/prepared/train.pt", "models/vae.pt"
+HISTORY, METRICS, CHECKPOINT = "plots/train_vae.csv", "metrics/train_vae.json", "checkpoints/train_vae.pt"
+
+
+@stage_main("train_vae")
+def main() -> None:
+    params = load_params()
+    p, flat, device = params.train_vae, to_flat_dict(params), pick_device(params.device)
+    generator = seeded_generator(p.seed, device)
+    x = load_split(TRAIN)["x"].to(device)
+    model = VAE(params.model.z_dim, params.model.hidden).to(device)
+    optimizer = make_optimizer(model, p.lr)
+    key = {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "preprocess", "model", "train_vae")}
+    checkpoint = Checkpoint(CHECKPOINT, key | {"device": str(device)}, model, optimizer, generator)
+    history = checkpoint.resume()
+
+    with stage_run("train_vae", flat, params.tracking.experiment, params.tracking.required) as run:
+        records = fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
+                          start_epoch=len(history))
+        history = run_epochs(
+            records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_vae",
+            line=lambda r: f"epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}")
+        last = history[-1]
+        metrics = {"rec": last["rec"], "kl": last["kl"], "neg_elbo": last["neg_elbo"],
+                   "seconds_per_epoch": mean(r["seconds"] for r in history)}
+        save_torch(MODEL, model_file(model))
+        write_csv(HISTORY, history)
+        write_json(METRICS, metrics)
+        run.log_metrics(metrics, prefix="final.")
+        for path in (MODEL, HISTORY):
+            run.log_artifact(path)
+    checkpoint.clear()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Stage 6: every figure of the notebook, plus the training curves, as PNGs under plots/figures/."""
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from latentfit import figures
+from latentfit.config import load_params, to_flat_dict
+from latentfit.data import DataError, load_split
+from latentfit.evaluation import flip_pixels, tsne_embedding
+from latentfit.inference import encode, load_model, prior_search, vae_reconstruct
+from latentfit.io import save_figure
+from latentfit.runtime import pick_device, seeded_generator, stage_main
+from latentfit.tracking import stage_run
+
+TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
+VAE_MODEL, DIRECT_MODEL = "models/vae.pt", "models/direct.pt"
+VAE_HISTORY, DIRECT_HISTORY, FIGURES = "plots/train_vae.csv", "plots/train_direct.csv", Path("plots/figures")
+
+
+def pick_digit(labels: torch.Tensor, digit: int, generator: torch.Generator) -> int:
+    (where,) = (labels == digit).nonzero(as_tuple=True)
+    if len(where) == 0:
+        raise DataError(f"the test split has no image of digit {digit}; choose another visualize.interp_from/to")
+    return int(where[torch.randint(len(where), (1,), generator=generator, device=where.device)])
+
+
+@stage_main("visualize")
+@torch.no_grad()
+def main() -> None:
+    params = load_params()
+    p, device = params.visualize, pick_device(params.device)
+    g = seeded_generator(p.seed, device)
+    train, test = load_split(TRAIN), load_split(TEST)
+    x, labels = test["x"].to(device), test["y"].to(device)
+    vae, _ = load_model(VAE_MODEL, device)
+    direct, _ = load_model(DIRECT_MODEL, device)
+    decode = lambda model, z: torch.sigmoid(model(z))  # noqa: E731 - Bernoulli means of a decoder
+    n, z_dim, figs = p.n_show, vae.decoder.z_dim, {}
+
+    figs["raw_image"] = figures.raw_image(train["x"][0], int(train["y"][0]))
+
+    idx = torch.randperm(len(x), generator=g, device=device)[:n]
+    probs = torch.sigmoid(vae_reconstruct(vae, x[idx], g))
+    figs["reconstruction"] = figures.image_rows(
+        [("input", x[idx]), ("reconstruction", probs), ("Bernoulli sample", torch.bernoulli(probs, generator=g))],
+        ncols=n, title="Test images (labels " + " ".join(str(int(v)) for v in labels[idx]) + ")")
+
+    samples = decode(vae.decoder, torch.randn(36, z_dim, generator=g, device=device))
+    figs["prior_samples"] = figures.image_rows([("", samples)], ncols=6, title="New samples from the VAE prior")
+
+    ends = x[[pick_digit(labels, p.interp_from, g), pick_digit(labels, p.interp_to, g)]]
+    mu, _ = encode(vae, ends)
+    t = torch.linspace(0, 1, p.interp_steps, device=device)[:, None]
+    latent, pixel = decode(vae.decoder, (1 - t) * mu[0] + t * mu[1]), (1 - t) * ends[0] + t * ends[1]
+    span = f"{p.interp_from} -> {p.interp_to}"
+    figs["interpolation"] = figures.image_rows([("latent", latent)], ncols=p.interp_steps,
+                                               title=f"Linear interpolation in latent space, {span}")
+    figs["interpolation_latent_vs_pixel"] = figures.image_rows(
+        [("latent", latent), ("pixel", pixel)], ncols=p.interp_steps,
+        title=f"Latent-space vs naive pixel-space interpolation, {span}")
+
+    clean = x[torch.randperm(len(x), generator=g, device=device)[:n]]
+    noisy = flip_pixels((clean > 0.5).float(), p.flip_prob, g)  # binarised first, as the notebook does
+    figs["vae_denoising"] = figures.image_rows(
+        [("original", clean), ("noisy", noisy), ("VAE denoised", torch.sigmoid(vae_reconstruct(vae, noisy, g)))],
+        ncols=n, title=f"Denoising with the VAE, flip probability {p.flip_prob}")
+
+    k = min(p.tsne_points, len(x))
+    mu, _ = encode(vae, x[:k])
+    embedding = tsne_embedding(mu.cpu().numpy(), p.tsne_perplexity, p.seed)
+    figs["tsne_vae"] = figures.latent_scatter(embedding, labels[:k].cpu().numpy(),
+                                              r"t-SNE of VAE latent means $\mu_\phi(y)$", "t-SNE")
+
+    z = torch.randn(n, z_dim, generator=g, device=device)
+    figs["samples_vae_vs_direct"] = figures.image_rows(
+        [("VAE", decode(vae.decoder, z)), ("direct fit", decode(direct, z))], ncols=n,
+        title="Samples from the same prior draws z through both fitted decoders")
+
+    noisy = flip_pixels(x[:n], p.flip_prob, g)
+    best_z = prior_search(direct, noisy, p.search_candidates, g)
+    figs["search_reconstruction"] = figures.image_rows(
+        [("original", x[:n]), (f"noisy, f={p.flip_prob}", noisy),
+         ("VAE", torch.sigmoid(vae_reconstruct(vae, noisy, g))),
+         (f"direct search\n({p.search_candidates} draws)", decode(direct, best_z))],
+        ncols=n, title="Reconstruction of noisy inputs: VAE encoder vs direct-fit prior search")
+
+    figs["training_curves"] = figures.training_curves(pd.read_csv(VAE_HISTORY), pd.read_csv(DIRECT_HISTORY))
+
+    with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
+        for name, fig in figs.items():
+            save_figure(FIGURES / f"{name}.png", fig)
+            plt.close(fig)
+            run.log_artifact(FIGURES / f"{name}.png", "figures")
+    print(f"wrote {len(figs)} figures to {FIGURES}/")
+
+
+if __name__ == "__main__":
+    main()
