@@ -80,7 +80,7 @@ def main() -> None:
         title="Samples from the same prior draws z through both fitted decoders")
 
     noisy = flip_pixels(x[:n], p.flip_prob, g)
-    best_z = prior_search(direct, noisy, p.search_candidates, g)
+    best_z = prior_search(direct, noisy, torch.randn(p.search_candidates, z_dim, generator=g, device=device))
     figs["search_reconstruction"] = figures.image_rows(
         [("original", x[:n]), (f"noisy, f={p.flip_prob}", noisy),
          ("VAE", torch.sigmoid(vae_reconstruct(vae, noisy, g))),

@@ -69,7 +69,8 @@ def denoising(vae: VAE, direct: Decoder, clean: torch.Tensor, flip_probs: list[f
     for prob in flip_probs:
         noisy = flip_pixels(clean, prob, generator)
         vae_err = reconstruction_errors(vae_reconstruct(vae, noisy), clean)
-        z = prior_search(direct, noisy, candidates, generator)
+        draws = torch.randn(candidates, direct.z_dim, generator=generator, device=clean.device)
+        z = prior_search(direct, noisy, draws)
         direct_err = reconstruction_errors(direct(z), clean)
         results[flip_key(prob)] = {"flip_prob": prob, "vae_bce": vae_err["bce"], "direct_bce": direct_err["bce"],
                                    "vae_mse": vae_err["mse"], "direct_mse": direct_err["mse"]}

@@ -31,23 +31,21 @@ def vae_reconstruct(vae: VAE, y: torch.Tensor, generator: torch.Generator | None
 
 
 @torch.no_grad()
-def prior_search(decoder: Decoder, y: torch.Tensor, candidates: int, generator: torch.Generator,
-                 chunk: int = 4096) -> torch.Tensor:
-    """For each image, the z among `candidates` prior draws that maximises p(y | z).
+def prior_search(decoder: Decoder, y: torch.Tensor, draws: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """For each image, the prior draw z (a row of `draws`) that maximises p(y | z).
 
     The draws are decoded `chunk` at a time and a running best kept, so memory grows with
     chunk x pixels and images x chunk, never with candidates x pixels.
     """
     decoder.eval()
     best_score = torch.full((len(y),), -torch.inf, device=y.device)
-    best_z = torch.zeros(len(y), decoder.z_dim, device=y.device)
-    for start in range(0, candidates, chunk):
-        z = torch.randn(min(chunk, candidates - start), decoder.z_dim, generator=generator, device=y.device)
-        score, arg = pairwise_bernoulli_log_prob(y, decoder(z)).max(dim=1)
+    best_index = torch.zeros(len(y), dtype=torch.long, device=y.device)
+    for start in range(0, len(draws), chunk):
+        score, arg = pairwise_bernoulli_log_prob(y, decoder(draws[start:start + chunk])).max(dim=1)
         better = score > best_score
         best_score = torch.where(better, score, best_score)
-        best_z[better] = z[arg[better]]
-    return best_z
+        best_index = torch.where(better, arg + start, best_index)
+    return draws[best_index]
 
 
 def model_file(model: VAE | Decoder, **extra) -> dict:

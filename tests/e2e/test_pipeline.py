@@ -1,0 +1,169 @@
+"""The real pipeline: `dvc repro` and `dvc exp run` in a temporary git repo, on synthetic IDX files
+served over HTTP on 127.0.0.1. The tests in this module run in order, one scenario."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.synthetic import FileServer
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
+           "vae_denoising", "tsne_vae", "samples_vae_vs_direct", "search_reconstruction", "training_curves"}
+STAGES = ["download", "preprocess", "train_vae", "train_direct", "evaluate", "visualize"]
+SMALL = {  # every stage runs for real, on little data
+    "preprocess": {"train_limit": 600, "test_limit": 300},
+    "train_vae": {"epochs": 2, "batch_size": 64},
+    "train_direct": {"epochs": 2, "batch_size": 64},
+    "evaluate": {"prior_mc_samples": 500, "search_candidates": 500, "denoise_images": 40},
+    "visualize": {"search_candidates": 500, "tsne_points": 120},
+    "device": "cpu",
+}
+
+
+class Repo:
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                    "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost",
+                    "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@localhost"}
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    def dvc(self, *args: str) -> str:
+        return self.run(sys.executable, "-m", "dvc", *args)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message)
+
+    def set_params(self, **sections) -> None:
+        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        for section, values in sections.items():
+            if isinstance(values, dict):
+                params[section].update(values)
+            else:
+                params[section] = values
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def json(self, path: str) -> dict:
+        return json.loads((self.path / path).read_text())
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, synthetic_dir):
+    path = tmp_path_factory.mktemp("pipeline")
+    for item in ("src", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
+        copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
+        copy(ROOT / item, path / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    repo = Repo(path)
+    repo.run("git", "init", "-q")
+    repo.dvc("init", "-q")
+    repo.dvc("config", "core.analytics", "false")
+    with FileServer(synthetic_dir) as server:
+        repo.set_params(data={"mirrors": [server.url]}, **SMALL)
+        repo.commit("pipeline")
+        repo.first_run = repo.dvc("repro")
+        yield repo
+
+
+def test_repro_runs_the_six_stages_and_writes_every_output(repo):
+    assert ran_stages(repo.first_run) == set(STAGES)
+    p = repo.path
+    assert sorted(f.name for f in (p / "data/raw").iterdir()) == sorted(
+        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"])
+    for out in ("data/prepared/train.pt", "data/prepared/test.pt", "models/vae.pt", "models/direct.pt"):
+        assert (p / out).stat().st_size > 0, out
+    assert {f.stem for f in (p / "plots/figures").glob("*.png")} == FIGURES
+    for png in (p / "plots/figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(p.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_metrics_hold_every_key(repo):
+    assert set(repo.json("metrics/train_vae.json")) == {"rec", "kl", "neg_elbo", "seconds_per_epoch"}
+    assert set(repo.json("metrics/train_direct.json")) == {"nll", "seconds_per_epoch"}
+    ev = repo.json("metrics/evaluate.json")
+    assert set(ev["vae"]["test"]) >= {"neg_elbo", "rec", "kl", "prior_mc_nll"}
+    assert set(ev["direct"]["test"]) >= {"prior_mc_nll", "train_draws_nll"}
+    assert set(ev["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
+    for entry in ev["denoise"].values():
+        assert set(entry) >= {"vae_bce", "direct_bce"}
+    assert ev["data"]["test"]["entropy_floor"] < ev["vae"]["test"]["neg_elbo"]
+    vae = pd.read_csv(repo.path / "plots/train_vae.csv")
+    assert list(vae["epoch"]) == [1, 2] and {"rec", "kl", "neg_elbo"} <= set(vae.columns)
+    assert list(pd.read_csv(repo.path / "plots/train_direct.csv")["epoch"]) == [1, 2]
+
+
+def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
+    assert len({r.data.tags["pipeline"] for r in runs}) == 1, "one pipeline execution, one grouping tag"
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    for stage, columns in (("train_vae", ["rec", "kl", "neg_elbo"]), ("train_direct", ["nll"])):
+        csv = pd.read_csv(repo.path / f"plots/{stage}.csv")
+        for column in columns:
+            history = client.get_metric_history(by_stage[stage].info.run_id, column)
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+            assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(csv[column]), rel=1e-5)
+    assert by_stage["train_vae"].data.params["train_vae.epochs"] == "2"
+    assert by_stage["evaluate"].data.metrics["vae.test.neg_elbo"] == pytest.approx(
+        repo.json("metrics/evaluate.json")["vae"]["test"]["neg_elbo"])
+    artifacts = {a.path for a in client.list_artifacts(by_stage["visualize"].info.run_id, "figures")}
+    assert artifacts == {f"figures/{name}.png" for name in FIGURES}
+
+
+def test_second_repro_runs_nothing(repo):
+    assert ran_stages(repo.dvc("repro")) == set()
+    assert "up to date" in repo.dvc("status")
+
+
+def test_changing_direct_epochs_reruns_only_what_depends_on_it(repo):
+    repo.set_params(train_direct={"epochs": 3})
+    assert ran_stages(repo.dvc("repro")) == {"train_direct", "evaluate", "visualize"}
+    assert len(pd.read_csv(repo.path / "plots/train_direct.csv")) == 3
+
+
+def test_exp_run_and_exp_show(repo):
+    repo.commit("direct epochs 3")
+    out = repo.dvc("exp", "run", "-n", "e2e-exp", "-S", "train_vae.epochs=3")
+    assert ran_stages(out) == {"train_vae", "evaluate", "visualize"}
+    shown = json.loads(repo.dvc("exp", "show", "--json"))
+    exps = [e for row in shown for e in (row.get("experiments") or [])]
+    exp = next(e for e in exps if e.get("name") == "e2e-exp")["revs"][0]["data"]
+    assert exp["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == 3
+    metrics = exp["metrics"]
+    assert metrics["metrics/train_vae.json"]["data"]["neg_elbo"] > 0
+    assert "prior_mc_nll" in metrics["metrics/evaluate.json"]["data"]["direct"]["test"]
+    assert metrics["metrics/train_direct.json"]["data"]["nll"] > 0
+    table = repo.dvc("exp", "show", "--no-pager", "--md")
+    for column in ("train_vae.epochs", "neg_elbo", "vae.test.prior_mc_nll", "direct.test.prior_mc_nll", "nll"):
+        assert column in table
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id],
+                              "tags.dvc_exp = 'e2e-exp'")
+    assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]

@@ -1,0 +1,133 @@
+"""Fetching and verification against real HTTP servers on 127.0.0.1 and local directories."""
+
+import gzip
+import http.server
+import shutil
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from latentfit import data
+from latentfit.data import DataError, fetch_dataset, prepare_split, read_idx, verify_idx, write_idx
+from tests.synthetic import FileServer
+
+FILES = [spec.name for spec in data.file_specs("mnist")]
+
+
+@pytest.fixture(autouse=True)
+def no_official_mirrors(monkeypatch):
+    """Tests never reach the internet: the official list is empty unless a test sets it."""
+    monkeypatch.setattr(data, "official_mirrors", lambda dataset: [])
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def broken_copy(synthetic_dir, tmp_path, name, damage):
+    """A copy of the synthetic mirror with one file damaged by `damage(path)`."""
+    mirror = tmp_path / "broken"
+    shutil.copytree(synthetic_dir, mirror)
+    damage(mirror / name)
+    return mirror
+
+
+def raw_is_clean(raw):
+    """data/raw holds only verified files under their final names: no partial or temporary file."""
+    for path in raw.iterdir():
+        assert path.name in FILES, f"stray file {path.name}"
+
+
+def test_idx_round_trip(tmp_path):
+    array = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+
+
+def test_fetch_over_http_verifies_every_file(synthetic_dir, tmp_path):
+    with FileServer(synthetic_dir) as server:
+        paths = fetch_dataset("mnist", [server.url], tmp_path / "raw")
+    assert sorted(p.name for p in paths) == sorted(FILES)
+    for path in paths:
+        assert path.read_bytes() == (synthetic_dir / path.name).read_bytes()
+
+
+def test_bad_sources_are_reported_and_the_next_one_tried(synthetic_dir, tmp_path, capsys):
+    missing = tmp_path / "empty"
+    missing.mkdir()
+    with FileServer(tmp_path / "empty") as not_found, FileServer(synthetic_dir) as good:
+        fetch_dataset("mnist", [closed_port_url(), not_found.url, str(missing), good.url], tmp_path / "raw")
+    log = capsys.readouterr().out + capsys.readouterr().err
+    assert "Connection refused" in log or "cannot reach" in log
+    assert "HTTP 404" in log
+    assert f"no file {missing / FILES[0]}" in log
+    raw_is_clean(tmp_path / "raw")
+
+
+@pytest.mark.parametrize(
+    "name, damage, cause",
+    [
+        ("train-images-idx3-ubyte.gz", lambda p: p.write_bytes(p.read_bytes()[:1000]), "truncated or corrupt gzip"),
+        ("t10k-labels-idx1-ubyte.gz", lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + bytes(4))),
+         "not an IDX file"),
+        ("t10k-images-idx3-ubyte.gz", lambda p: write_idx(p, np.zeros((100, 28, 28))), "expected images of shape"),
+        ("t10k-labels-idx1-ubyte.gz", lambda p: write_idx(p, np.full(10000, 12)), "labels must be digits"),
+        ("train-labels-idx1-ubyte.gz", lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (60000).to_bytes(4, "big"))),
+         "IDX header says"),
+    ],
+)
+def test_corrupt_files_fail_with_the_cause_and_leave_nothing(synthetic_dir, tmp_path, name, damage, cause):
+    mirror = broken_copy(synthetic_dir, tmp_path, name, damage)
+    with FileServer(mirror) as server, pytest.raises(DataError) as err:
+        fetch_dataset("mnist", [server.url, str(mirror)], tmp_path / "raw")
+    message = str(err.value)
+    assert name in message and cause in message
+    assert server.url in message and str(mirror) in message  # every source, with why it failed
+    assert "data.mirrors" in message  # and what to do
+    raw_is_clean(tmp_path / "raw")
+    assert not (tmp_path / "raw" / name).exists()
+
+
+def test_official_sources_are_checked_against_the_published_md5(synthetic_dir, tmp_path, monkeypatch):
+    with FileServer(synthetic_dir) as server:
+        monkeypatch.setattr(data, "official_mirrors", lambda dataset: [server.url])
+        with pytest.raises(DataError, match="does not match the published"):
+            fetch_dataset("mnist", [], tmp_path / "raw")
+        # the same bytes from a user's mirror are verified by content and accepted
+        fetch_dataset("mnist", [server.url], tmp_path / "raw")
+
+
+def test_a_stalled_server_times_out(synthetic_dir, tmp_path):
+    class Stalled(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(1.5)
+
+    with FileServer(synthetic_dir, Stalled) as stalled, pytest.raises(DataError, match="no answer within 0.3 s"):
+        fetch_dataset("mnist", [stalled.url], tmp_path / "raw", timeout=0.3)
+
+
+def test_verify_accepts_real_shapes_only(synthetic_dir):
+    spec = data.file_specs("mnist")[0]
+    assert verify_idx(synthetic_dir / spec.name, spec).shape == (60000, 28, 28)
+    with pytest.raises(DataError, match="expected labels"):
+        verify_idx(synthetic_dir / spec.name, data.FileSpec(spec.name, "labels", 60000, ""))
+
+
+def test_prepare_scales_to_unit_interval_and_limits(synthetic_dir):
+    split = prepare_split(synthetic_dir, "test", limit=50)
+    assert split["x"].shape == (50, 784) and split["x"].dtype == torch.float32
+    assert split["x"].min() >= 0 and split["x"].max() == 1.0
+    raw = read_idx(synthetic_dir / "t10k-images-idx3-ubyte.gz")[:50].reshape(50, -1)
+    torch.testing.assert_close(split["x"], torch.from_numpy(raw / 255.0).float())
+    assert split["y"].dtype == torch.int64
+
+
+def test_prepare_without_download_says_what_to_run(tmp_path):
+    with pytest.raises(DataError, match="dvc repro download"):
+        prepare_split(tmp_path, "train")
