@@ -131,3 +131,19 @@ def test_prepare_scales_to_unit_interval_and_limits(synthetic_dir):
 def test_prepare_without_download_says_what_to_run(tmp_path):
     with pytest.raises(DataError, match="dvc repro download"):
         prepare_split(tmp_path, "train")
+
+
+def test_an_unreachable_source_is_asked_once_and_the_error_lists_it(tmp_path):
+    dead = closed_port_url()
+    with pytest.raises(DataError) as err:
+        fetch_dataset("mnist", [dead], tmp_path / "raw")
+    message = str(err.value)
+    assert FILES[0] in message and dead in message and "data.mirrors" in message
+    assert "cannot reach" in message
+
+
+def test_unreachable_source_is_skipped_for_later_files(synthetic_dir, tmp_path, capsys):
+    dead = closed_port_url()
+    with FileServer(synthetic_dir) as good:
+        fetch_dataset("mnist", [dead, good.url], tmp_path / "raw")
+    assert capsys.readouterr().out.count(f"from {dead} failed") == 1

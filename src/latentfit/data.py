@@ -30,6 +30,10 @@ class DataError(RuntimeError):
     """Data could not be fetched, verified or read."""
 
 
+class SourceUnreachable(DataError):
+    """A mirror did not answer at all; it is not asked again for the remaining files."""
+
+
 @dataclass(frozen=True)
 class FileSpec:
     name: str
@@ -97,14 +101,19 @@ def fetch_dataset(dataset: str, mirrors: list[str], dest: str | Path, timeout: f
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     sources = [(m, False) for m in mirrors] + [(m, True) for m in official_mirrors(dataset)]
-    paths = []
+    paths, unreachable = [], {}
     for spec in file_specs(dataset):
         failures = []
         for source, official in sources:
+            if source in unreachable:
+                failures.append(f"  - {source}: skipped, unreachable earlier ({unreachable[source]})")
+                continue
             try:
                 _fetch_one(source, spec, dest / spec.name, timeout, check_md5=official)
                 break
             except DataError as err:
+                if isinstance(err, SourceUnreachable):
+                    unreachable[source] = str(err)
                 failures.append(f"  - {source}: {err}")
                 tqdm.write(f"[download] {spec.name} from {source} failed: {err}")
         else:
@@ -146,9 +155,11 @@ def _download(url: str, path: Path, timeout: float) -> None:
     except urllib.error.HTTPError as err:
         raise DataError(f"HTTP {err.code} {err.reason} for {url}") from err
     except urllib.error.URLError as err:
-        raise DataError(f"cannot reach {url}: {err.reason}") from err
+        if isinstance(err.reason, TimeoutError):
+            raise SourceUnreachable(f"{url}: no answer within {timeout:g} s (data.timeout)") from err
+        raise SourceUnreachable(f"cannot reach {url}: {err.reason}") from err
     except TimeoutError as err:
-        raise DataError(f"{url}: no answer within {timeout:g} s (data.timeout)") from err
+        raise SourceUnreachable(f"{url}: no answer within {timeout:g} s (data.timeout)") from err
     except (ConnectionError, OSError) as err:
         raise DataError(f"{url}: {err}") from err
 

@@ -22,16 +22,27 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store is required but cannot be reached."""
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the SQLite file mlflow.db at the repo root.
+def repo_root() -> Path:
+    """The real repository: queued and --temp DVC experiments run in copies under .dvc/tmp/exps,
+    and DVC_ROOT points back at it, so every run lands in the one store that `mlflow ui` shows."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
-    Queued and --temp DVC experiments run in copies under .dvc/tmp/exps; DVC_ROOT points back at
-    the real repository, so every run lands in the one store that `mlflow ui` shows.
-    """
-    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-        return uri
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the SQLite file mlflow.db at the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def _use_experiment(name: str) -> None:
+    """Select the experiment, creating it with artifacts beside the default store (never in a temp copy)."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(name) is None and "MLFLOW_TRACKING_URI" not in os.environ:
+        try:
+            mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # a parallel stage created it first
+    mlflow.set_experiment(name)
 
 
 def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
@@ -100,7 +111,7 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    _use_experiment(experiment)
     tags = pipeline_tags(stage, params)
     with mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags):
         run = StageRun(uri, active=True)
