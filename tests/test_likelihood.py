@@ -18,7 +18,14 @@ from latentfit.likelihood import (
 )
 from latentfit.models import VAE, Decoder
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Compare formulas in double precision; restore the default for the other test modules."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 @pytest.fixture
