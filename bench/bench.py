@@ -1,0 +1,143 @@
+"""Benchmark: the project's hot paths against the notebook's formulation, in one run, same data.
+
+    python bench/bench.py --out bench/results-cpu.md            # CPU (threads: torch default)
+    python bench/bench.py --device cuda --out bench/results-cuda.md
+
+Each case runs in its own fresh process, so its peak memory is its own: on CPU the growth of the
+process's peak resident set over its size after setup (Linux VmHWM, reset after setup), on CUDA
+torch.cuda.max_memory_allocated. Times are wall clock, best of --repeat. Ratios are reference / project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import reference  # noqa: E402
+
+from latentfit.inference import prior_search  # noqa: E402
+from latentfit.models import VAE, Decoder  # noqa: E402
+from latentfit.training import fit_direct, fit_vae, make_optimizer  # noqa: E402
+
+
+def load_train(path: str, device: str) -> torch.Tensor:
+    if Path(path).is_file():
+        return torch.load(path, weights_only=True)["x"].to(device)
+    print(f"{path} not found: using 60000 uniform random images (timings do not depend on pixel values)")
+    return torch.rand(60000, 784, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def setup(case: str, impl: str, x: torch.Tensor, device: str):
+    """Build everything a case needs and return the workload as a closure."""
+    torch.manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
+    if case == "vae_epoch":
+        if impl == "reference":
+            model = reference.NotebookVAE().to(device)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            return lambda: reference.vae_epoch(model, opt, x)
+        model = VAE().to(device)
+        opt = make_optimizer(model, 1e-3)
+        return lambda: list(fit_vae(model, opt, x, epochs=1, batch_size=128, generator=g))
+    if case == "direct_epoch":
+        z = torch.randn(64, 20, generator=g, device=device)
+        if impl == "reference":
+            model = reference.NotebookDecoder().to(device)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            return lambda: reference.direct_epoch(model, opt, x, z)
+        model = Decoder().to(device)
+        opt = make_optimizer(model, 1e-3)
+        return lambda: list(fit_direct(model, opt, x, epochs=1, batch_size=256, mc_samples=64, generator=g,
+                                       fixed_draws=z))
+    if case == "prior_search":
+        images, z = x[:8], torch.randn(20000, 20, generator=g, device=device)
+        if impl == "reference":
+            model = reference.NotebookDecoder().to(device)
+            return lambda: reference.prior_search(model, images, z)
+        model = Decoder().to(device)
+        return lambda: torch.sigmoid(model(prior_search(model, images, z)))
+    raise ValueError(case)
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def _child(case: str, impl: str, args: argparse.Namespace, queue) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x = load_train(args.data, args.device)
+    work = setup(case, impl, x, args.device)
+    cuda = args.device.startswith("cuda")
+    best, peak = float("inf"), 0
+    for _ in range(args.repeat):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current size
+            base = _rss_kb("VmRSS:") * 1024
+        start = time.perf_counter()
+        work()
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+        high = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM:") * 1024
+        peak = max(peak, high - base)
+    queue.put((best, peak))
+
+
+def measure(case: str, impl: str, args: argparse.Namespace) -> tuple[float, int]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(case, impl, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/prepared/train.pt", help="prepared training split")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best time counts")
+    parser.add_argument("--cases", nargs="+", default=["direct_epoch", "vae_epoch", "prior_search"])
+    parser.add_argument("--out", help="write the Markdown table here too")
+    args = parser.parse_args()
+
+    mb = 1 / 2**20
+    rows = ["| case | reference s | project s | speed-up | reference peak MiB | project peak MiB | memory ratio |",
+            "|---|---|---|---|---|---|---|"]
+    for case in args.cases:
+        ref_s, ref_mem = measure(case, "reference", args)
+        new_s, new_mem = measure(case, "project", args)
+        rows.append(f"| {case} | {ref_s:.3f} | {new_s:.3f} | {ref_s / new_s:.1f}x | {ref_mem * mb:.1f} | "
+                    f"{new_mem * mb:.1f} | {ref_mem / max(new_mem, 1):.1f}x |")
+        print(rows[-1], flush=True)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    header = (f"Machine: {device}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+              f"{args.threads or torch.get_num_threads()} threads, device `{args.device}`, data `{args.data}`.\n"
+              f"Command: `python bench/bench.py {' '.join(sys.argv[1:])}`\n\n")
+    table = header + "\n".join(rows) + "\n"
+    print("\n" + table)
+    if args.out:
+        Path(args.out).write_text(table)
+
+
+if __name__ == "__main__":
+    main()
