@@ -7,8 +7,10 @@ outputs: the stage warns once and goes on, unless `tracking.required` asks it to
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import urllib.request
@@ -20,6 +22,10 @@ from typing import Any
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store is required but cannot be reached."""
+
+
+class TrackingWarning(UserWarning):
+    """Tracking failed; the stage goes on and its DVC outputs are still written."""
 
 
 def repo_root() -> Path:
@@ -70,11 +76,13 @@ class StageRun:
         if not self.active:
             return
         try:
-            fn(*args, **kwargs)
+            with store_lock(self.uri):
+                fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - tracking must never cost the stage its outputs
             self.active = False
             warnings.warn(f"MLflow logging to {self.uri} failed ({err}); the DVC outputs are still written. "
-                          "Re-run the stage with `dvc repro -f <stage>` once the store is reachable.", stacklevel=3)
+                          "Re-run the stage with `dvc repro -f <stage>` once the store is reachable.",
+                          TrackingWarning, stacklevel=3)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         import mlflow
@@ -94,29 +102,66 @@ class StageRun:
 
 
 @contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writes to a SQLite store across processes (parallel queued experiments share one
+    mlflow.db); SQLite allows one writer at a time and the first run also creates the tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
               required: bool = False) -> Iterator[StageRun]:
-    """One MLflow run for one stage execution, with the params and the grouping tags."""
+    """One MLflow run for one stage execution, with the params and the grouping tags.
+
+    If the store cannot be reached the block still runs, untracked, after one warning; with
+    `required` it raises TrackingError before any work is done.
+    """
     uri = tracking_uri()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     problem = _unreachable(uri)
+    run = StageRun(uri, active=problem is None)
+    if run.active:
+        import mlflow
+
+        tags = pipeline_tags(stage, params)
+
+        def start() -> None:
+            mlflow.set_tracking_uri(uri)
+            _use_experiment(experiment)
+            mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags)
+            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()})
+
+        try:
+            with store_lock(uri):
+                start()
+        except Exception as err:  # noqa: BLE001 - a broken store is reported, not fatal by default
+            problem, run.active = str(err).splitlines()[0], False
     if problem:
         message = f"MLflow tracking store {uri} is unreachable ({problem})."
         if required:
             raise TrackingError(message + " Start it, point MLFLOW_TRACKING_URI elsewhere, "
                                           "or set tracking.required: false to run without it.")
-        warnings.warn(message + " Outputs are written without tracking; log them later with "
-                                f"`dvc repro -f {stage}` once it is back.", stacklevel=3)
-        yield StageRun(uri, active=False)
-        return
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    _use_experiment(experiment)
-    tags = pipeline_tags(stage, params)
-    with mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags):
-        run = StageRun(uri, active=True)
-        run._call(mlflow.log_params, {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()})
+        warnings.warn(message + " The stage's DVC outputs are written without tracking; log them later "
+                                f"with `dvc repro -f {stage}` once it is back.", TrackingWarning, stacklevel=3)
+    if not run.active:
         yield run
+        return
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        run._call(mlflow.end_run, status)
 
 
 def _unreachable(uri: str) -> str | None:

@@ -1,0 +1,80 @@
+"""MLflow tracking: unreachable stores never cost a stage its outputs; parallel writers all land."""
+
+import multiprocessing as mp
+import socket
+
+import pytest
+
+from latentfit.tracking import TrackingError, TrackingWarning, pipeline_tags, stage_run, tracking_uri
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_default_store_is_mlflow_db_at_the_dvc_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking_uri() == "http://tracking:5000"
+
+
+def test_unreachable_store_warns_once_and_the_stage_goes_on(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_uri())
+    done = []
+    with pytest.warns(TrackingWarning, match=r"unreachable.*dvc repro -f train_vae") as caught:
+        with stage_run("train_vae", {"a": 1}) as run:
+            run.log_epoch({"epoch": 1, "rec": 1.0})
+            run.log_metrics({"x": {"y": 2.0}})
+            done.append(True)
+    assert done and len(caught) == 1
+
+
+def test_required_store_fails_fast(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_uri())
+    ran = []
+    with pytest.raises(TrackingError, match="tracking.required: false"):
+        with stage_run("train_vae", {}, required=True):
+            ran.append(True)
+    assert not ran
+
+
+def test_experiment_name_groups_the_runs(monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lucky-exp")
+    tags = pipeline_tags("evaluate", {"data.dataset": "kmnist"})
+    assert tags["dvc_exp"] == tags["pipeline"] == "lucky-exp" and tags["dataset"] == "kmnist"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    plain = pipeline_tags("evaluate", {"data.dataset": "kmnist"})
+    assert plain["dvc_exp"] == "workspace" and plain["pipeline"] == pipeline_tags("train_vae", {"data.dataset": "kmnist"})["pipeline"]
+
+
+def _log_epochs(uri: str, name: str) -> None:
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    with stage_run(name, {"who": name}, required=True) as run:
+        for epoch in range(1, 6):
+            run.log_epoch({"epoch": epoch, "loss": float(epoch)})
+
+
+def test_parallel_writers_to_one_sqlite_store_all_land(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_log_epochs, args=(uri, f"stage{i}")) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == [f"stage{i}" for i in range(4)]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert len(client.get_metric_history(r.info.run_id, "loss")) == 5
