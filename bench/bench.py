@@ -68,6 +68,13 @@ def setup(case: str, impl: str, x: torch.Tensor, device: str):
     raise ValueError(case)
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def _rss_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field):
@@ -129,7 +136,7 @@ def main() -> None:
         rows.append(f"| {case} | {ref_s:.3f} | {new_s:.3f} | {ref_s / new_s:.1f}x | {ref_mem * mb:.1f} | "
                     f"{new_mem * mb:.1f} | {ref_mem / max(new_mem, 1):.1f}x |")
         print(rows[-1], flush=True)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
     header = (f"Machine: {device}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{args.threads or torch.get_num_threads()} threads, device `{args.device}`, data `{args.data}`.\n"
               f"Command: `python bench/bench.py {' '.join(sys.argv[1:])}`\n\n")

@@ -1,5 +1,6 @@
 """Stage 6: every figure of the notebook, plus the training curves, as PNGs under plots/figures/."""
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,6 +19,7 @@ from latentfit.tracking import stage_run
 TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
 VAE_MODEL, DIRECT_MODEL = "models/vae.pt", "models/direct.pt"
 VAE_HISTORY, DIRECT_HISTORY, FIGURES = "plots/train_vae.csv", "plots/train_direct.csv", Path("plots/figures")
+PRIOR_CURVE, DENOISE, METRICS = "plots/prior_mc.csv", "plots/denoise.csv", "metrics/evaluate.json"
 
 
 def pick_digit(labels: torch.Tensor, digit: int, generator: torch.Generator) -> int:
@@ -88,6 +90,10 @@ def main() -> None:
         ncols=n, title="Reconstruction of noisy inputs: VAE encoder vs direct-fit prior search")
 
     figs["training_curves"] = figures.training_curves(pd.read_csv(VAE_HISTORY), pd.read_csv(DIRECT_HISTORY))
+    evaluated = json.loads(Path(METRICS).read_text())
+    figs["prior_mc_curve"] = figures.prior_mc_curve(
+        pd.read_csv(PRIOR_CURVE), {name: evaluated[name]["test"]["iwae_nll"] for name in ("vae", "direct")})
+    figs["denoise_sweep"] = figures.denoise_sweep(pd.read_csv(DENOISE))
 
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         for name, fig in figs.items():

@@ -70,11 +70,21 @@ class EvaluateParams:
     seed: int = 0
     batch_size: int = field(default=1000, metadata=_check(ge=1))
     prior_mc_samples: int = field(default=20000, metadata=_check(ge=1))
+    prior_mc_curve: tuple[int, ...] = field(default=(64, 256, 1024, 4096, 20000), metadata=_check(item_ge=1))
+    iwae_samples: int = field(default=1000, metadata=_check(ge=1))
+    iwae_images: int = field(default=1000, metadata=_check(ge=1))
+    encoder_epochs: int = field(default=10, metadata=_check(ge=1))
+    encoder_batch_size: int = field(default=128, metadata=_check(ge=1))
+    encoder_lr: float = field(default=1e-3, metadata=_check(gt=0))
     search_candidates: int = field(default=20000, metadata=_check(ge=1))
     denoise_images: int = field(default=1000, metadata=_check(ge=1))
     flip_probs: tuple[float, ...] = field(
         default=(0.0, 0.01, 0.02, 0.05, 0.1), metadata=_check(min_len=1, item_ge=0, item_le=1)
     )
+    knn_neighbours: int = field(default=5, metadata=_check(ge=1))
+    silhouette_points: int = field(default=3000, metadata=_check(ge=10))
+    classifier_epochs: int = field(default=3, metadata=_check(ge=1))
+    fid_samples: int = field(default=10000, metadata=_check(ge=10))
 
 
 @dataclass(frozen=True)

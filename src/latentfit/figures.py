@@ -72,3 +72,33 @@ def training_curves(vae: pd.DataFrame, direct: pd.DataFrame) -> Figure:
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float]) -> Figure:
+    """The prior-sampling NLL estimate against the number of draws M, beside each fit's IWAE NLL."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, name in enumerate(("vae", "direct")):
+        ax.plot(curve["samples"], curve[name], "o-", color=f"C{i}", label=f"{name}: prior sampling")
+        ax.axhline(iwae[name], color=f"C{i}", ls="--", label=f"{name}: IWAE")
+    ax.set_xscale("log")
+    ax.set_xlabel("prior draws M")
+    ax.set_ylabel("test NLL (nats/image)")
+    ax.set_title("Prior sampling converges slowly to the likelihood")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def denoise_sweep(table: pd.DataFrame) -> Figure:
+    """Reconstruction error against the pixel-flip probability, VAE encoder vs direct prior search."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, error, unit in zip(axes, ("bce", "mse"), ("nats/image", "per pixel")):
+        for i, name in enumerate(("vae", "direct")):
+            ax.plot(table["flip_prob"], table[f"{name}_{error}"], "o-", color=f"C{i}", label=name)
+        ax.set_xlabel("flip probability")
+        ax.set_ylabel(f"{error.upper()} against the clean image ({unit})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Denoising: VAE encode-decode vs direct-fit prior search")
+    fig.tight_layout()
+    return fig

@@ -37,3 +37,19 @@ def elbo_terms(y: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: 
 def mc_marginal_log_prob(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log (1/M) sum_m p(y | z_m) for logits of M prior draws z_m: (B, D), (M, D) -> (B,)."""
     return torch.logsumexp(pairwise_bernoulli_log_prob(y, logits), dim=1) - math.log(logits.shape[0])
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)), summed over the last dimension."""
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+def log_importance_weights(y: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+                           logvar: torch.Tensor) -> torch.Tensor:
+    """log p(y | z) + log p(z) - log q(z | y) for draws z ~ q; broadcasts over leading sample dims."""
+    return bernoulli_log_prob(y, logits) + standard_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar)

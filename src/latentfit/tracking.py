@@ -84,10 +84,10 @@ class StageRun:
                           "Re-run the stage with `dvc repro -f <stage>` once the store is reachable.",
                           TrackingWarning, stacklevel=3)
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: dict[str, Any], prefix: str = "") -> None:
         import mlflow
 
-        metrics = {k: float(v) for k, v in record.items() if k != "epoch"}
+        metrics = {prefix + k: float(v) for k, v in record.items() if k != "epoch"}
         self._call(mlflow.log_metrics, metrics, step=int(record["epoch"]))
 
     def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:

@@ -90,3 +90,26 @@ def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tens
         record = {"epoch": epoch, "nll": total.item() / n, "seconds": time.perf_counter() - start}
         _check_finite(record, "train_direct")
         yield record
+
+
+def posthoc_encoder(decoder: Decoder, hidden: int) -> VAE:
+    """A fresh encoder in front of a frozen decoder: train it with `fit_vae` and an optimiser over
+    `.encoder` only. Gives the direct fit (which has none) an encoder for importance sampling."""
+    model = VAE(decoder.z_dim, hidden).to(next(decoder.parameters()).device)
+    model.decoder = decoder.requires_grad_(False)
+    return model
+
+
+def fit_classifier(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, *,
+                   epochs: int, batch_size: int, generator: torch.Generator) -> Iterator[dict]:
+    """Cross-entropy training of the feature classifier; yields the epoch's mean loss."""
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total = torch.zeros((), device=x.device)
+        for idx in _batches(len(x), batch_size, generator, x.device):
+            loss = nn.functional.cross_entropy(model(x[idx]), labels[idx], reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            (loss / len(idx)).backward()
+            optimizer.step()
+            total += loss.detach()
+        yield {"epoch": epoch, "loss": total.item() / len(x)}

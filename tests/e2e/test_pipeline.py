@@ -18,13 +18,16 @@ from tests.synthetic import FileServer
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
-           "vae_denoising", "tsne_vae", "samples_vae_vs_direct", "search_reconstruction", "training_curves"}
+           "vae_denoising", "tsne_vae", "samples_vae_vs_direct", "search_reconstruction", "training_curves",
+           "prior_mc_curve", "denoise_sweep"}
 STAGES = ["download", "preprocess", "train_vae", "train_direct", "evaluate", "visualize"]
 SMALL = {  # every stage runs for real, on little data
     "preprocess": {"train_limit": 600, "test_limit": 300},
     "train_vae": {"epochs": 2, "batch_size": 64},
     "train_direct": {"epochs": 2, "batch_size": 64},
-    "evaluate": {"prior_mc_samples": 500, "search_candidates": 500, "denoise_images": 40},
+    "evaluate": {"prior_mc_samples": 500, "prior_mc_curve": [10, 100], "search_candidates": 500,
+                 "denoise_images": 40, "iwae_samples": 100, "iwae_images": 300, "encoder_epochs": 2,
+                 "classifier_epochs": 1, "fid_samples": 200, "silhouette_points": 100},
     "visualize": {"search_candidates": 500, "tsne_points": 120},
     "device": "cpu",
 }
@@ -102,8 +105,21 @@ def test_metrics_hold_every_key(repo):
     assert set(repo.json("metrics/train_vae.json")) == {"rec", "kl", "neg_elbo", "seconds_per_epoch"}
     assert set(repo.json("metrics/train_direct.json")) == {"nll", "seconds_per_epoch"}
     ev = repo.json("metrics/evaluate.json")
-    assert set(ev["vae"]["test"]) >= {"neg_elbo", "rec", "kl", "prior_mc_nll"}
-    assert set(ev["direct"]["test"]) >= {"prior_mc_nll", "train_draws_nll"}
+    assert set(ev["vae"]["test"]) == {"neg_elbo", "rec", "kl", "prior_mc_nll", "iwae_nll", "iwae_nll_se",
+                                      "iwae_nll_posthoc", "excess"}
+    assert set(ev["direct"]["test"]) == {"prior_mc_nll", "train_draws_nll", "iwae_nll", "iwae_nll_se", "excess"}
+    for fit in ("vae", "direct"):
+        assert set(ev["latent"][fit]) == {"knn_accuracy", "silhouette"}
+        assert ev["samples"][fit]["fid"] > ev["samples"]["data_fid"] >= 0
+    assert 0 <= ev["samples"]["classifier_accuracy"] <= 1
+    # the order the math guarantees: floor < IWAE NLL <= -ELBO
+    floor = ev["data"]["test"]["entropy_floor"]
+    assert floor < ev["vae"]["test"]["iwae_nll"] <= ev["vae"]["test"]["neg_elbo"]
+    assert ev["vae"]["test"]["excess"] == pytest.approx(ev["vae"]["test"]["iwae_nll"] - floor)
+    report = (repo.path / "metrics/report.md").read_text()
+    assert "| IWAE NLL" in report and f"{ev['direct']['test']['iwae_nll']:.2f}" in report
+    assert list(pd.read_csv(repo.path / "plots/prior_mc.csv")["samples"]) == [10, 100, 500]
+    assert len(pd.read_csv(repo.path / "plots/denoise.csv")) == 5
     assert set(ev["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
     for entry in ev["denoise"].values():
         assert set(entry) >= {"vae_bce", "direct_bce"}
@@ -167,3 +183,35 @@ def test_exp_run_and_exp_show(repo):
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id],
                               "tags.dvc_exp = 'e2e-exp'")
     assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
+
+
+def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
+    import time
+
+    repo.commit("after exp run")  # epochs 1 and 4 are new: a rerun of known params would come from the run cache
+    for name, epochs in (("q-one", 1), ("q-two", 4)):
+        repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"train_vae.epochs={epochs}")
+    repo.dvc("queue", "start", "-j", "2")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = repo.dvc("queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    repo.dvc("queue", "stop", "--kill") if re.search(r"\b(Queued|Running)\b", status) else None
+    assert "Failed" not in status, status + "\n" + repo.dvc("queue", "logs", "q-one")
+
+    shown = json.loads(repo.dvc("exp", "show", "--json"))
+    done = {e.get("name"): e["revs"][0]["data"] for row in shown for e in (row.get("experiments") or [])}
+    for name, epochs in (("q-one", 1), ("q-two", 4)):
+        assert done[name]["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == epochs
+        assert done[name]["metrics"]["metrics/evaluate.json"]["data"]["vae"]["test"]["iwae_nll"] > 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")  # the real repo's store, not a temp copy's
+    experiment = client.get_experiment_by_name("latentfit").experiment_id
+    for name in ("q-one", "q-two"):
+        runs = client.search_runs([experiment], f"tags.dvc_exp = '{name}'")
+        assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
+        assert all(r.info.status == "FINISHED" for r in runs)
