@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference  # noqa: E402
 
+from latentfit.evaluation import iwae_nll  # noqa: E402
 from latentfit.inference import prior_search  # noqa: E402
 from latentfit.models import VAE, Decoder  # noqa: E402
 from latentfit.training import fit_direct, fit_vae, make_optimizer  # noqa: E402
@@ -65,6 +66,13 @@ def setup(case: str, impl: str, x: torch.Tensor, device: str):
             return lambda: reference.prior_search(model, images, z)
         model = Decoder().to(device)
         return lambda: torch.sigmoid(model(prior_search(model, images, z)))
+    if case == "iwae":  # throughput: 200 test-sized images, k = 1000 importance samples each
+        images = x[:200]
+        if impl == "reference":
+            model = reference.NotebookVAE().to(device)
+            return lambda: reference.iwae_nll(model, images, 1000)
+        model = VAE().to(device)
+        return lambda: iwae_nll(model, images, 1000, g)
     raise ValueError(case)
 
 
@@ -123,7 +131,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best time counts")
-    parser.add_argument("--cases", nargs="+", default=["direct_epoch", "vae_epoch", "prior_search"])
+    parser.add_argument("--cases", nargs="+", default=["direct_epoch", "vae_epoch", "prior_search", "iwae"])
     parser.add_argument("--out", help="write the Markdown table here too")
     args = parser.parse_args()
 

@@ -72,3 +72,21 @@ def prior_search(model, x, z):
     logits = model.logits(z)
     best = log_bernoulli_prob_from_logits(x, logits).argmax(dim=1)
     return torch.sigmoid(logits[best])
+
+
+@torch.no_grad()
+def iwae_nll(model, x, k, batch_size=16):
+    """IWAE in the notebook's style: sigmoid then binary_cross_entropy, Normal log-densities from
+    torch.distributions, all k draws of a batch at once."""
+    out = []
+    for xb in x.split(batch_size):
+        h = F.relu(model.enc1(xb))
+        mu, logvar = model.enc_mu(h), model.enc_logvar(h)
+        q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+        z = q.sample((k,))
+        probs = torch.sigmoid(model.dec2(F.relu(model.dec1(z))))
+        log_lik = -F.binary_cross_entropy(probs, xb.expand(k, -1, -1), reduction="none").sum(-1)
+        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_w = log_lik + log_prior - q.log_prob(z).sum(-1)
+        out.append(-(torch.logsumexp(log_w, 0) - math.log(k)))
+    return torch.cat(out).mean()
