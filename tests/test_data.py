@@ -103,6 +103,17 @@ def test_official_sources_are_checked_against_the_published_md5(synthetic_dir, t
         fetch_dataset("mnist", [server.url], tmp_path / "raw")
 
 
+def test_a_server_error_is_reported_and_the_next_source_tried(synthetic_dir, tmp_path, capsys):
+    class Broken(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(500, "Internal Server Error")
+
+    with FileServer(synthetic_dir, Broken) as broken, FileServer(synthetic_dir) as good:
+        fetch_dataset("mnist", [broken.url, good.url], tmp_path / "raw")
+    assert "HTTP 500 Internal Server Error" in capsys.readouterr().out
+    raw_is_clean(tmp_path / "raw")
+
+
 def test_a_stalled_server_times_out(synthetic_dir, tmp_path):
     class Stalled(http.server.SimpleHTTPRequestHandler):
         def do_GET(self):

@@ -59,7 +59,8 @@ def final_numbers(path: Path) -> dict:
     return {k: v for k, v in metrics.items() if k != "seconds_per_epoch"}
 
 
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, sig):
     reference = workdir(tmp_path, "reference")
     finish(stage(reference))
 
@@ -69,7 +70,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     while completed_epochs(victim) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the stage finished before it could be killed: raise EPOCHS"
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     assert not (victim / "metrics/train_vae.json").exists() and not (victim / "models/vae.pt").exists()
     # a write cut short leaves at most a hidden temporary file, never a final name
@@ -100,3 +101,14 @@ def test_changed_params_discard_the_checkpoint(tmp_path):
 def _no_dvc_env(monkeypatch):
     for var in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)
+
+
+def test_bad_params_stop_the_stage_before_any_work(tmp_path):
+    path = workdir(tmp_path, "typo")
+    (path / "params.yaml").write_text(yaml.safe_dump({"train_vae": {"epoch": 3}}))
+    proc = stage(path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "train_vae: error: unknown key 'train_vae.epoch'" in out and "Did you mean 'train_vae.epochs'" in out
+    assert "Traceback" not in out
+    assert not (path / "checkpoints").exists() and not (path / "models").exists()
