@@ -112,3 +112,15 @@ def test_bad_params_stop_the_stage_before_any_work(tmp_path):
     assert "train_vae: error: unknown key 'train_vae.epoch'" in out and "Did you mean 'train_vae.epochs'" in out
     assert "Traceback" not in out
     assert not (path / "checkpoints").exists() and not (path / "models").exists()
+
+
+def test_divergence_stops_the_stage_and_writes_nothing_as_if_complete(tmp_path):
+    path = workdir(tmp_path, "nan")
+    split = torch.load(path / "data/prepared/train.pt", weights_only=True)
+    split["x"][7, 100] = float("nan")
+    save_split(path / "data/prepared/train.pt", split)
+    proc = stage(path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "in epoch 1" in out and "lower train_vae.lr" in out
+    for output in ("models/vae.pt", "metrics/train_vae.json", "plots/train_vae.csv"):
+        assert not (path / output).exists()
