@@ -22,12 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import reference  # noqa: E402
-
-from latentfit.evaluation import iwae_nll  # noqa: E402
-from latentfit.inference import prior_search  # noqa: E402
-from latentfit.models import VAE, Decoder  # noqa: E402
-from latentfit.training import fit_direct, fit_vae, make_optimizer  # noqa: E402
+import reference
+from latentfit.evaluation import iwae_nll
+from latentfit.inference import prior_search
+from latentfit.models import VAE, Decoder
+from latentfit.training import fit_direct, fit_vae, make_optimizer
 
 
 def load_train(path: str, device: str) -> torch.Tensor:

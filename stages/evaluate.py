@@ -8,8 +8,18 @@ from tqdm import tqdm
 
 from latentfit.config import load_params, to_flat_dict
 from latentfit.data import load_split
-from latentfit.evaluation import (accuracy, denoising, entropy_floor, frechet_distance, iwae_nll, knn_accuracy,
-                                  prior_mc_curve, prior_mc_nll, silhouette, vae_elbo)
+from latentfit.evaluation import (
+    accuracy,
+    denoising,
+    entropy_floor,
+    frechet_distance,
+    iwae_nll,
+    knn_accuracy,
+    prior_mc_curve,
+    prior_mc_nll,
+    silhouette,
+    vae_elbo,
+)
 from latentfit.inference import encode, load_model
 from latentfit.io import write_csv, write_json, write_text
 from latentfit.models import Classifier

@@ -39,7 +39,7 @@ def main() -> None:
     x, labels = test["x"].to(device), test["y"].to(device)
     vae, _ = load_model(VAE_MODEL, device)
     direct, _ = load_model(DIRECT_MODEL, device)
-    decode = lambda model, z: torch.sigmoid(model(z))  # noqa: E731 - Bernoulli means of a decoder
+    decode = lambda model, z: torch.sigmoid(model(z))
     n, z_dim, figs = p.n_show, vae.decoder.z_dim, {}
 
     figs["raw_image"] = figures.raw_image(train["x"][0], int(train["y"][0]))

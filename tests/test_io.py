@@ -7,10 +7,9 @@ from latentfit.io import atomic_path, write_json
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
     target = tmp_path / "out" / "metrics.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text('{"half": ')
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"half": ')
+        raise RuntimeError("interrupted")
     assert list((tmp_path / "out").iterdir()) == []
 
 

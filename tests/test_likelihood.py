@@ -19,7 +19,6 @@ from latentfit.likelihood import (
 from latentfit.models import VAE, Decoder
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Compare formulas in double precision; restore the default for the other test modules."""

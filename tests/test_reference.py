@@ -13,7 +13,7 @@ from latentfit.models import VAE, Decoder
 from latentfit.training import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import reference  # noqa: E402
+import reference
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 

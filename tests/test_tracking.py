@@ -36,9 +36,8 @@ def test_unreachable_store_warns_once_and_the_stage_goes_on(monkeypatch, tmp_pat
 def test_required_store_fails_fast(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_uri())
     ran = []
-    with pytest.raises(TrackingError, match="tracking.required: false"):
-        with stage_run("train_vae", {}, required=True):
-            ran.append(True)
+    with pytest.raises(TrackingError, match="tracking.required: false"), stage_run("train_vae", {}, required=True):
+        ran.append(True)
     assert not ran
 
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import yaml
 
 
-
 class ParamsError(ValueError):
     """A params.yaml value is missing, mistyped or out of range."""
 

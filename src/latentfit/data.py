@@ -167,7 +167,7 @@ def _download(url: str, path: Path, timeout: float) -> None:
 # ---------------------------------------------------------------- preprocessing
 def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, torch.Tensor]:
     """Pixels / 255 as float32 N x 784 in [0, 1], plus int64 labels; the first `limit` items if limit > 0."""
-    images_name, labels_name, count = SPLITS[split]
+    images_name, labels_name, _ = SPLITS[split]
     raw_dir = Path(raw_dir)
     for name in (images_name, labels_name):
         if not (raw_dir / name).is_file():

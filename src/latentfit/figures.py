@@ -6,12 +6,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: stages write PNGs, they never open windows
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 SIDE = 28
 
