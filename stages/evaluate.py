@@ -64,8 +64,8 @@ def main() -> None:
         curves = {name: prior_mc_curve(dec, x, draws, [*p.prior_mc_curve, len(draws)], p.batch_size)
                   for name, dec in decoders.items()}
         sub = x[: p.iwae_images]
-        iwae = {"vae": iwae_nll(vae, sub, p.iwae_samples, g), "direct": iwae_nll(posthoc["direct"], sub, p.iwae_samples, g),
-                "vae_posthoc": iwae_nll(posthoc["vae"], sub, p.iwae_samples, g)}
+        iwae = {name: iwae_nll(model, sub, p.iwae_samples, g)
+                for name, model in (("vae", vae), ("direct", posthoc["direct"]), ("vae_posthoc", posthoc["vae"]))}
         metrics = {
             "vae": {"test": {**vae_elbo(vae, x, g, p.batch_size), "prior_mc_nll": curves["vae"][len(draws)],
                              "iwae_nll": iwae["vae"][0], "iwae_nll_se": iwae["vae"][1],
@@ -95,10 +95,11 @@ def main() -> None:
         write_csv(PRIOR_CURVE, [{"samples": m, "vae": curves["vae"][m], "direct": curves["direct"][m]}
                                 for m in sorted(curves["vae"])])
         write_csv(DENOISE, list(metrics["denoise"].values()))
-        write_text(REPORT, render_report(metrics, params))
+        report = render_report(metrics, params)
+        write_text(REPORT, report)
         run.log_metrics(metrics)
         run.log_artifact(REPORT)
-    print(render_report(metrics, params))
+    print(report)
 
 
 def sample_quality(decoders, x_train, y_train, x_test, y_test, p, g) -> dict:

@@ -29,11 +29,10 @@ def pick_digit(labels: torch.Tensor, digit: int, generator: torch.Generator) -> 
     return int(where[torch.randint(len(where), (1,), generator=generator, device=where.device)])
 
 
-@stage_main("visualize")
 @torch.no_grad()
-def main() -> None:
-    params = load_params()
-    p, device = params.visualize, pick_device(params.device)
+def draw_figures(params, device: torch.device) -> dict:
+    """Every figure, by name; nothing is written here."""
+    p = params.visualize
     g = seeded_generator(p.seed, device)
     train, test = load_split(TRAIN), load_split(TEST)
     x, labels = test["x"].to(device), test["y"].to(device)
@@ -95,7 +94,16 @@ def main() -> None:
         pd.read_csv(PRIOR_CURVE), {name: evaluated[name]["test"]["iwae_nll"] for name in ("vae", "direct")})
     figs["denoise_sweep"] = figures.denoise_sweep(pd.read_csv(DENOISE))
 
+    return figs
+
+
+@stage_main("visualize")
+def main() -> None:
+    params = load_params()
+    device = pick_device(params.device)
+    # Opened before any drawing: with tracking.required an unreachable store fails before the work.
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
+        figs = draw_figures(params, device)
         for name, fig in figs.items():
             save_figure(FIGURES / f"{name}.png", fig)
             plt.close(fig)
