@@ -42,6 +42,7 @@ def main() -> None:
         run.log_metrics(metrics, prefix="final.")
         for path in (MODEL, HISTORY):
             run.log_artifact(path)
+        run.log_model(model.cpu().eval(), "vae")  # last: it moves the weights to the CPU
     checkpoint.clear()
 
 

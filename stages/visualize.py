@@ -1,4 +1,6 @@
-"""Stage 6: every figure of the notebook, plus the training curves, as PNGs under plots/figures/."""
+"""Stage 6: every figure of the notebook, plus the training curves and the evaluation's curves, as PNGs
+under plots/figures/. With model.z_dim = 2 the latent space is drawn directly: a scatter of latent
+means and both decoders over a grid of z, in place of the t-SNE."""
 
 import json
 from pathlib import Path
@@ -71,9 +73,19 @@ def draw_figures(params, device: torch.device) -> dict:
 
     k = min(p.tsne_points, len(x))
     mu, _ = encode(vae, x[:k])
-    embedding = tsne_embedding(mu.cpu().numpy(), p.tsne_perplexity, p.seed)
-    figs["tsne_vae"] = figures.latent_scatter(embedding, labels[:k].cpu().numpy(),
-                                              r"t-SNE of VAE latent means $\mu_\phi(y)$", "t-SNE")
+    if z_dim == 2:  # the latent space is the picture: no t-SNE, and the decoders over a grid of it
+        figs["latent_means"] = figures.latent_scatter(mu.cpu().numpy(), labels[:k].cpu().numpy(),
+                                                      r"VAE latent means $\mu_\phi(y)$ of test images", "z")
+        ticks = torch.linspace(-p.manifold_span, p.manifold_span, p.manifold_steps, device=device)
+        z2, z1 = torch.meshgrid(ticks.flip(0), ticks, indexing="ij")  # top row: largest z_2
+        grid = torch.stack([z1.flatten(), z2.flatten()], dim=1)
+        figs["latent_manifold"] = figures.latent_manifold(
+            [("VAE decoder", decode(vae.decoder, grid)), ("direct-fit decoder", decode(direct, grid))],
+            p.manifold_steps, p.manifold_span)
+    else:
+        embedding = tsne_embedding(mu.cpu().numpy(), p.tsne_perplexity, p.seed)
+        figs["tsne_vae"] = figures.latent_scatter(embedding, labels[:k].cpu().numpy(),
+                                                  r"t-SNE of VAE latent means $\mu_\phi(y)$", "t-SNE")
 
     z = torch.randn(n, z_dim, generator=g, device=device)
     figs["samples_vae_vs_direct"] = figures.image_rows(

@@ -72,8 +72,45 @@ def test_parallel_writers_to_one_sqlite_store_all_land(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id], "tags.stage != 'pipeline'")
     assert sorted(r.data.tags["stage"] for r in runs) == [f"stage{i}" for i in range(4)]
     for r in runs:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "loss")) == 5
+
+
+def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypatch, tmp_path):
+    import mlflow.pytorch
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from latentfit.models import Decoder
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    decoder = Decoder(z_dim=2, hidden=8)
+    for exp in ("grid-a", "grid-b"):
+        monkeypatch.setenv("DVC_EXP_NAME", exp)
+        for stage, value in (("train_direct", 1.5), ("evaluate", 2.5)):
+            with stage_run(stage, {"model.z_dim": 2, "evaluate.flip_probs": (0.0, 0.1)}) as run:
+                run.log_epoch({"epoch": 1, "nll": 9.0})
+                run.log_metrics({"test": {"nll": value}})
+                if stage == "train_direct":
+                    run.log_model(decoder, "direct")
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("latentfit").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.dvc_exp = 'grid-a' and tags.stage = 'pipeline'")
+    children = client.search_runs([experiment], "tags.dvc_exp = 'grid-a' and tags.stage != 'pipeline'")
+    assert sorted(r.data.tags["stage"] for r in children) == ["evaluate", "train_direct"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    # the parent row holds what `dvc exp show` would: the params and each stage's final metrics
+    assert parent.data.metrics == {"train_direct.test.nll": 1.5, "evaluate.test.nll": 2.5}
+    assert parent.data.params["model.z_dim"] == "2" and parent.data.params["evaluate.flip_probs"] == "[0.0, 0.1]"
+    assert parent.info.status == "FINISHED"
+    assert len(client.search_runs([experiment], "tags.stage = 'pipeline'")) == 2
+
+    trained = next(r for r in children if r.data.tags["stage"] == "train_direct")
+    loaded = mlflow.pytorch.load_model(f"runs:/{trained.info.run_id}/direct")
+    z = torch.randn(5, 2)
+    torch.testing.assert_close(loaded(z), decoder(z))

@@ -97,6 +97,8 @@ class VisualizeParams:
     interp_steps: int = field(default=10, metadata=_check(ge=2))
     tsne_points: int = field(default=3000, metadata=_check(ge=10))
     tsne_perplexity: float = field(default=30.0, metadata=_check(gt=0))
+    manifold_steps: int = field(default=20, metadata=_check(ge=2))  # z_dim = 2 only: the decoded grid
+    manifold_span: float = field(default=3.0, metadata=_check(gt=0))
 
 
 @dataclass(frozen=True)

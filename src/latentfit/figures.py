@@ -59,6 +59,22 @@ def latent_scatter(points: np.ndarray, labels: np.ndarray, title: str, axis_labe
     return fig
 
 
+def latent_manifold(panels: list[tuple[str, torch.Tensor]], steps: int, span: float) -> Figure:
+    """Decoders over a 2-D latent grid, one panel each. Each tensor holds steps x steps images in
+    row-major order from the top left: z_2 falls from +span down the rows, z_1 rises along them."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.3), squeeze=False)
+    for ax, (title, images) in zip(axes[0], panels):
+        grid = make_grid(_as_images(images), nrow=steps, padding=0)[0]
+        half = span * steps / (steps - 1)  # images are centred on their grid points
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, extent=(-half, half, -half, half))
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+        ax.set_title(title)
+    fig.suptitle("Decoded means over a grid of the 2-D latent space")
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(vae: pd.DataFrame, direct: pd.DataFrame) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for column, style in (("neg_elbo", "-"), ("rec", "--"), ("kl", ":")):

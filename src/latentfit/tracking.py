@@ -1,7 +1,10 @@
-"""MLflow mirror of the DVC outputs: one run per stage execution, tagged so a pipeline's runs group.
+"""MLflow mirror of the DVC outputs: one run per stage execution, nested under one parent run per
+pipeline execution (a DVC experiment, or a plain `dvc repro` of one commit and params).
 
-DVC files are the source of truth. A tracking store that cannot be reached never loses a stage's
-outputs: the stage warns once and goes on, unless `tracking.required` asks it to fail fast.
+The parent run (tag `stage = pipeline`) carries the params and every stage's final metrics, so
+`mlflow ui` lists one row per experiment that expands into its stage runs. DVC files are the source
+of truth: a tracking store that cannot be reached never loses a stage's outputs; the stage warns
+once and goes on, unless `tracking.required` asks it to fail fast.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def _use_experiment(name: str) -> None:
-    """Select the experiment, creating it with artifacts beside the default store (never in a temp copy)."""
+def _use_experiment(name: str) -> str:
+    """Select the experiment, creating it with artifacts beside the default store (never in a temp copy);
+    return its id."""
     import mlflow
 
     if mlflow.get_experiment_by_name(name) is None and "MLFLOW_TRACKING_URI" not in os.environ:
@@ -48,7 +52,7 @@ def _use_experiment(name: str) -> None:
             mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri())
         except mlflow.exceptions.MlflowException:
             pass  # a parallel stage created it first
-    mlflow.set_experiment(name)
+    return mlflow.set_experiment(name).experiment_id
 
 
 def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
@@ -66,11 +70,16 @@ def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
             "dataset": str(params.get("data.dataset", ""))}
 
 
+PARENT = "pipeline"  # the `stage` tag of a pipeline execution's parent run
+
+
 class StageRun:
     """Thin wrapper over the active MLflow run; after the first failure it warns once and goes quiet."""
 
-    def __init__(self, uri: str, active: bool):
-        self.uri, self.active = uri, active
+    def __init__(self, uri: str, active: bool, stage: str = ""):
+        self.uri, self.active, self.stage = uri, active, stage
+        self.parent_id: str | None = None
+        self.quiet = False  # set once a failure has been reported
 
     def _call(self, fn, *args, **kwargs) -> None:
         if not self.active:
@@ -80,6 +89,9 @@ class StageRun:
                 fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - tracking must never cost the stage its outputs
             self.active = False
+            if self.quiet:
+                return
+            self.quiet = True
             warnings.warn(f"MLflow logging to {self.uri} failed ({err}); the DVC outputs are still written. "
                           "Re-run the stage with `dvc repro -f <stage>` once the store is reachable.",
                           TrackingWarning, stacklevel=3)
@@ -91,9 +103,25 @@ class StageRun:
         self._call(mlflow.log_metrics, metrics, step=int(record["epoch"]))
 
     def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        """Final metrics, on the stage run and, prefixed by the stage, on the pipeline's parent run."""
         import mlflow
 
-        self._call(mlflow.log_metrics, {prefix + k: float(v) for k, v in _flatten(metrics).items()})
+        flat = {prefix + k: float(v) for k, v in _flatten(metrics).items()}
+        self._call(mlflow.log_metrics, flat)
+        if self.parent_id:
+            self._call(_log_to_parent, self.parent_id, {f"{self.stage}.{k}": v for k, v in flat.items()})
+
+    def log_model(self, model, name: str) -> None:
+        """`model` as an MLflow PyTorch model, so `mlflow.pytorch.load_model("runs:/<run id>/<name>")`
+        gives it back. The package's source travels with it: loading needs torch, not latentfit."""
+        import mlflow.pytorch
+        import torch
+
+        code = Path(__file__).resolve().parent  # src/latentfit
+        # pickle, not the default torch.export format: the loaded object is the nn.Module itself,
+        # with .encoder and .decoder, rather than a traced graph of its forward
+        self._call(mlflow.pytorch.log_model, model, name=name, code_paths=[str(code)], serialization_format="pickle",
+                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow
@@ -129,7 +157,7 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
     uri = tracking_uri()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     problem = _unreachable(uri)
-    run = StageRun(uri, active=problem is None)
+    run = StageRun(uri, active=problem is None, stage=stage)
     if run.active:
         import mlflow
 
@@ -137,9 +165,9 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
 
         def start() -> None:
             mlflow.set_tracking_uri(uri)
-            _use_experiment(experiment)
-            mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags)
-            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()})
+            run.parent_id = _parent_run(_use_experiment(experiment), tags, params)
+            mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags, parent_run_id=run.parent_id)
+            mlflow.log_params(_loggable(params))
 
         try:
             with store_lock(uri):
@@ -161,7 +189,44 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
         yield run
         status = "FINISHED"
     finally:
+        if not run.active:  # logging failed mid-stage: still close the run, quietly
+            run.active, run.quiet = True, True
         run._call(mlflow.end_run, status)
+        # the parent shows the state of the pipeline's latest stage: FAILED marks where it stopped
+        run._call(mlflow.MlflowClient().set_terminated, run.parent_id, status)
+
+
+def _loggable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
+
+
+def _parent_run(experiment_id: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """The id of this pipeline execution's parent run, created by its first stage."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.search_runs([experiment_id], f"tags.pipeline = '{tags['pipeline']}' and tags.stage = '{PARENT}'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(experiment_id, run_name=tags["pipeline"], tags=tags | {"stage": PARENT})
+    for chunk in _chunks(list(_loggable(params).items()), 100):
+        client.log_batch(parent.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in chunk])
+    return parent.info.run_id
+
+
+def _log_to_parent(parent_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    import mlflow
+
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(parent_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _unreachable(uri: str) -> str | None:

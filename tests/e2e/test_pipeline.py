@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -42,9 +43,15 @@ class Repo:
         self.env.pop("MLFLOW_TRACKING_URI", None)
 
     def run(self, *args: str) -> str:
-        done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout + done.stderr
+        # Output goes to a file, not a pipe: `dvc queue start` returns at once but its detached workers
+        # inherit the command's stdout, and reading a pipe to its end would wait for them to exit.
+        with tempfile.TemporaryFile("w+") as out:
+            done = subprocess.run(args, cwd=self.path, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                  text=True, timeout=900)
+            out.seek(0)
+            output = out.read()
+        assert done.returncode == 0, f"{' '.join(args)} failed:\n{output}"
+        return output
 
     def dvc(self, *args: str) -> str:
         return self.run(sys.executable, "-m", "dvc", *args)
@@ -134,8 +141,15 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
 
     client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["stage"] == "pipeline"]
+    runs = [r for r in runs if r is not parent]
     assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
     assert len({r.data.tags["pipeline"] for r in runs}) == 1, "one pipeline execution, one grouping tag"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}, "nested under one parent"
+    for tag in ("dvc_exp", "git_commit", "dataset"):
+        assert all(r.data.tags[tag] == parent.data.tags[tag] for r in runs)
+    assert parent.data.metrics["evaluate.vae.test.iwae_nll"] == pytest.approx(
+        repo.json("metrics/evaluate.json")["vae"]["test"]["iwae_nll"])
     by_stage = {r.data.tags["stage"]: r for r in runs}
     for stage, columns in (("train_vae", ["rec", "kl", "neg_elbo"]), ("train_direct", ["nll"])):
         csv = pd.read_csv(repo.path / f"plots/{stage}.csv")
@@ -148,6 +162,25 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
         repo.json("metrics/evaluate.json")["vae"]["test"]["neg_elbo"])
     artifacts = {a.path for a in client.list_artifacts(by_stage["visualize"].info.run_id, "figures")}
     assert artifacts == {f"figures/{name}.png" for name in FIGURES}
+    assert_models_load_back(client.tracking_uri, by_stage, repo.path)
+
+
+def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
+    """The MLflow PyTorch models compute what the DVC outputs models/*.pt do."""
+    import mlflow
+    import torch
+
+    from latentfit.inference import load_model
+
+    mlflow.set_tracking_uri(uri)
+    z = torch.randn(4, 20)
+    for stage, name in (("train_vae", "vae"), ("train_direct", "direct")):
+        if stage not in by_stage:
+            continue
+        logged = mlflow.pytorch.load_model(f"runs:/{by_stage[stage].info.run_id}/{name}")
+        saved, _ = load_model(root / f"models/{name}.pt")
+        decode = (lambda m: m.decoder) if name == "vae" else (lambda m: m)
+        torch.testing.assert_close(decode(logged)(z), decode(saved)(z))
 
 
 def test_second_repro_runs_nothing(repo):
@@ -181,7 +214,7 @@ def test_exp_run_and_exp_show(repo):
 
     client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id],
-                              "tags.dvc_exp = 'e2e-exp'")
+                              "tags.dvc_exp = 'e2e-exp' and tags.stage != 'pipeline'")
     assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
 
 
@@ -214,5 +247,88 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     experiment = client.get_experiment_by_name("latentfit").experiment_id
     for name in ("q-one", "q-two"):
         runs = client.search_runs([experiment], f"tags.dvc_exp = '{name}'")
-        assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
+        assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "pipeline", "train_vae", "visualize"]
         assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (SQLite store, proxied artifacts), as a team would run one."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_a_shared_tracking_server_gets_the_runs_and_models(repo, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    repo.env["MLFLOW_TRACKING_URI"] = mlflow_server
+    try:
+        out = repo.dvc("exp", "run", "-n", "served", "-S", "train_direct.seed=7", "train_direct")
+    finally:
+        del repo.env["MLFLOW_TRACKING_URI"]
+    assert ran_stages(out) == {"train_direct"}
+    assert "MLflow" not in out, "no tracking warning: the server took the run"
+
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id], "tags.dvc_exp = 'served'")
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert set(by_stage) == {"pipeline", "train_direct"}
+    run = by_stage["train_direct"]
+    assert run.data.tags["mlflow.parentRunId"] == by_stage["pipeline"].info.run_id
+    assert run.data.params["train_direct.seed"] == "7" and run.data.tags["git_commit"] != "unknown"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "nll")] == [1, 2, 3]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"train_direct.csv", "direct.pt"}
+    assert_models_load_back(mlflow_server, by_stage, repo.path)
+    repo.run("git", "checkout", "-q", "--", ".")  # back to the committed workspace for the next tests
+    repo.dvc("checkout", "--force")
+
+
+def test_a_local_remote_round_trip_leaves_a_second_clone_up_to_date(repo, tmp_path):
+    repo.dvc("remote", "add", "-d", "team", str(tmp_path / "remote"))
+    repo.commit("team remote")
+    repo.dvc("push")
+    clone = Repo(tmp_path / "clone")
+    repo.run("git", "clone", "-q", str(repo.path), str(clone.path))
+    clone.dvc("pull")
+    assert "up to date" in clone.dvc("status")
+    assert ran_stages(clone.dvc("repro")) == set()
+    for out in ("models/vae.pt", "models/direct.pt", "data/prepared/test.pt", "plots/figures/tsne_vae.png"):
+        assert (clone.path / out).read_bytes() == (repo.path / out).read_bytes(), out
+
+
+def test_a_2d_latent_space_is_drawn_directly(repo):
+    out = repo.dvc("exp", "run", "-n", "z2", "-S", "model.z_dim=2")
+    assert ran_stages(out) == {"train_vae", "train_direct", "evaluate", "visualize"}
+    drawn = {f.stem for f in (repo.path / "plots/figures").glob("*.png")}
+    assert drawn == FIGURES - {"tsne_vae"} | {"latent_means", "latent_manifold"}
+    from PIL import Image
+
+    with Image.open(repo.path / "plots/figures/latent_manifold.png") as image:
+        assert image.width > 1.5 * image.height, "both decoders side by side"
