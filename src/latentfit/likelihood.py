@@ -30,8 +30,13 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def elbo_terms(y: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
-    """Per-image reconstruction term -log p(y | z) and KL term; -ELBO = rec + kl (L = 1)."""
-    return -bernoulli_log_prob(y, logits), gaussian_kl(mu, logvar)
+    """Per-image reconstruction term -log p(y | z) and KL term; -ELBO = rec + kl (L = 1).
+
+    rec is `-bernoulli_log_prob(y, logits)`, computed by torch's fused BCE-with-logits kernel: the
+    training step's hot path, where it is one kernel forward and one backward instead of five.
+    """
+    rec = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(-1)
+    return rec, gaussian_kl(mu, logvar)
 
 
 def mc_marginal_log_prob(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
