@@ -10,6 +10,7 @@ import functools
 import http.server
 import threading
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class FileServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> FileServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

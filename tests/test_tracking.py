@@ -25,11 +25,15 @@ def test_default_store_is_mlflow_db_at_the_dvc_root(monkeypatch, tmp_path):
 def test_unreachable_store_warns_once_and_the_stage_goes_on(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_uri())
     done = []
-    with pytest.warns(TrackingWarning, match=r"unreachable.*dvc repro -f train_vae") as caught:
+
+    def stage() -> None:
         with stage_run("train_vae", {"a": 1}) as run:
             run.log_epoch({"epoch": 1, "rec": 1.0})
             run.log_metrics({"x": {"y": 2.0}})
             done.append(True)
+
+    with pytest.warns(TrackingWarning, match=r"unreachable.*dvc repro -f train_vae") as caught:
+        stage()
     assert done and len(caught) == 1
 
 

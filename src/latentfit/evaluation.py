@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -51,7 +52,7 @@ def prior_mc_curve(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes
     decoder.eval()
     sizes = sorted({min(m, len(draws)) for m in sizes})
     edges = sorted(set(range(0, len(draws), chunk)) | set(sizes) | {len(draws)})
-    segments = [(end, decoder(draws[start:end])) for start, end in zip(edges, edges[1:])]
+    segments = [(end, decoder(draws[start:end])) for start, end in itertools.pairwise(edges)]
     totals = dict.fromkeys(sizes, 0.0)
     for y in x.split(batch_size):
         running = torch.full((len(y),), -torch.inf, device=y.device)

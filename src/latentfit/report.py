@@ -19,8 +19,8 @@ def render_report(m: dict[str, Any], params: Any) -> str:
     rows = [
         (f"IWAE NLL (k = {p.iwae_samples}, first {p.iwae_images} test images)",
          _fmt(vae["iwae_nll"], vae["iwae_nll_se"]), _fmt(direct["iwae_nll"], direct["iwae_nll_se"]),
-         "held-out -log p(y) by importance sampling with an encoder as proposal (the direct fit's is fitted post hoc "
-         "to its frozen decoder): the like-for-like comparison; a stochastic upper bound that tightens with k"),
+         ("held-out -log p(y) by importance sampling with an encoder as proposal (the direct fit's is fitted post hoc "
+         "to its frozen decoder): the like-for-like comparison; a stochastic upper bound that tightens with k")),
         ("excess over the entropy floor", _fmt(vae["excess"]), _fmt(direct["excess"]),
          f"IWAE NLL minus sum_j H(y_j) = {floor:.2f}: grayscale data keep any Bernoulli model above that floor"),
         (f"prior-sampling NLL (M = {p.prior_mc_samples} fresh draws)", _fmt(vae["prior_mc_nll"]),
@@ -38,8 +38,8 @@ def render_report(m: dict[str, Any], params: Any) -> str:
         ("silhouette of label clusters", _fmt(m["latent"]["vae"]["silhouette"], digits=3),
          _fmt(m["latent"]["direct"]["silhouette"], digits=3), "-1 .. 1, higher: classes better separated in z"),
         ("Frechet distance of prior samples", _fmt(m["samples"]["vae"]["fid"]), _fmt(m["samples"]["direct"]["fid"]),
-         f"between classifier features of samples and test images (real train vs test: "
-         f"{m['samples']['data_fid']:.2f}); not Inception FID"),
+         (f"between classifier features of samples and test images (real train vs test: "
+         f"{m['samples']['data_fid']:.2f}); not Inception FID")),
     ]
     for i, entry in enumerate(m["denoise"].values()):
         rows.append((f"denoising BCE, flip probability {entry['flip_prob']:g}", _fmt(entry["vae_bce"]),
@@ -51,14 +51,14 @@ def render_report(m: dict[str, Any], params: Any) -> str:
     return "\n".join([
         "# VAE vs direct fit",
         "",
-        f"Dataset `{params.data.dataset}`, test split; likelihoods in nats per image, lower is better. "
+        (f"Dataset `{params.data.dataset}`, test split; likelihoods in nats per image, lower is better. "
         f"Feature classifier test accuracy {m['samples']['classifier_accuracy']:.3f}. "
-        f"Evaluate stage wall time {m['seconds']:.0f} s.",
+        f"Evaluate stage wall time {m['seconds']:.0f} s."),
         "",
         *table,
         "",
-        f"Figures: [prior-sampling NLL against M]({FIGURES}/prior_mc_curve.png), "
+        (f"Figures: [prior-sampling NLL against M]({FIGURES}/prior_mc_curve.png), "
         f"[denoising sweep]({FIGURES}/denoise_sweep.png), [samples]({FIGURES}/samples_vae_vs_direct.png), "
-        f"[reconstructions]({FIGURES}/search_reconstruction.png), [t-SNE]({FIGURES}/tsne_vae.png).",
+        f"[reconstructions]({FIGURES}/search_reconstruction.png), [t-SNE]({FIGURES}/tsne_vae.png)."),
         "",
     ])

@@ -47,7 +47,7 @@ class Repo:
         # inherit the command's stdout, and reading a pipe to its end would wait for them to exit.
         with tempfile.TemporaryFile("w+") as out:
             done = subprocess.run(args, cwd=self.path, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                  text=True, timeout=900)
+                                  text=True, timeout=900, check=False)
             out.seek(0)
             output = out.read()
         assert done.returncode == 0, f"{' '.join(args)} failed:\n{output}"
@@ -262,12 +262,12 @@ def mlflow_server(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+             "--artifacts-destination", str(tmp_path / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -282,7 +282,6 @@ def mlflow_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-        log.close()
 
 
 def test_a_shared_tracking_server_gets_the_runs_and_models(repo, mlflow_server):
