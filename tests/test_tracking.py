@@ -84,6 +84,8 @@ def test_parallel_writers_to_one_sqlite_store_all_land(tmp_path):
 
 
 def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypatch, tmp_path):
+    import os
+
     import mlflow.pytorch
     import torch
     from mlflow.tracking import MlflowClient
@@ -102,7 +104,9 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
                 if stage == "train_direct":
                     run.log_model(decoder, "direct")
 
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "the default store stays the default"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_experiment_by_name("latentfit").artifact_location == (tmp_path / "mlartifacts").as_uri()
     experiment = client.get_experiment_by_name("latentfit").experiment_id
     (parent,) = client.search_runs([experiment], "tags.dvc_exp = 'grid-a' and tags.stage = 'pipeline'")
     children = client.search_runs([experiment], "tags.dvc_exp = 'grid-a' and tags.stage != 'pipeline'")

@@ -42,14 +42,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def _use_experiment(name: str) -> str:
-    """Select the experiment, creating it with artifacts beside the default store (never in a temp copy);
-    return its id."""
+def _use_experiment(name: str, artifacts: Path | None) -> str:
+    """Select the experiment and return its id. A new one keeps its artifacts in `artifacts` when given:
+    beside the default store, never in the temporary copy a queued experiment runs in."""
     import mlflow
 
-    if mlflow.get_experiment_by_name(name) is None and "MLFLOW_TRACKING_URI" not in os.environ:
+    if artifacts is not None and mlflow.get_experiment_by_name(name) is None:
         try:
-            mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri())
+            mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
         except mlflow.exceptions.MlflowException:
             pass  # a parallel stage created it first
     return mlflow.set_experiment(name).experiment_id
@@ -154,6 +154,18 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
     If the store cannot be reached the block still runs, untracked, after one warning; with
     `required` it raises TrackingError before any work is done.
     """
+    default_store = "MLFLOW_TRACKING_URI" not in os.environ
+    try:
+        with _stage_run(stage, params, experiment, required, default_store) as run:
+            yield run
+    finally:
+        if default_store:  # mlflow.set_tracking_uri exports the variable; the next stage must see it unset
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@contextlib.contextmanager
+def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bool,
+               default_store: bool) -> Iterator[StageRun]:
     uri = tracking_uri()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     problem = _unreachable(uri)
@@ -165,7 +177,8 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
 
         def start() -> None:
             mlflow.set_tracking_uri(uri)
-            run.parent_id = _parent_run(_use_experiment(experiment), tags, params)
+            artifacts = repo_root() / "mlartifacts" if default_store else None
+            run.parent_id = _parent_run(_use_experiment(experiment, artifacts), tags, params)
             mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags, parent_run_id=run.parent_id)
             mlflow.log_params(_loggable(params))
 

@@ -140,7 +140,9 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id])
+    experiment = client.get_experiment_by_name("latentfit")
+    assert experiment.artifact_location == (repo.path / "mlartifacts").as_uri()
+    runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags["stage"] == "pipeline"]
     runs = [r for r in runs if r is not parent]
     assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
