@@ -28,7 +28,8 @@ def workdir(tmp_path: Path, name: str, **train_vae) -> Path:
     images, labels = synthetic_split(3000, seed=0)
     x = torch.from_numpy(images).reshape(len(images), -1).float() / 255
     save_split(path / "data/prepared/train.pt", {"x": x, "y": torch.from_numpy(labels).long()})
-    params = {"train_vae": {"epochs": EPOCHS, "batch_size": 32, **train_vae}, "model": {"hidden": 64},
+    # small batches: epochs of ~0.5 s leave a wide window to interrupt training itself
+    params = {"train_vae": {"epochs": EPOCHS, "batch_size": 8, **train_vae}, "model": {"hidden": 64},
               "device": "cpu"}
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     return path
@@ -69,7 +70,8 @@ def test_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, sig):
     deadline = time.time() + 300
     while completed_epochs(victim) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "the stage finished before it could be killed: raise EPOCHS"
+    # training must still be running: after the last epoch the stage writes its outputs and logs the model
+    assert proc.poll() is None and completed_epochs(victim) < EPOCHS, "training ended before the kill: raise EPOCHS"
     proc.send_signal(sig)
     proc.wait()
     assert not (victim / "metrics/train_vae.json").exists() and not (victim / "models/vae.pt").exists()
