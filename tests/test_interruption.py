@@ -37,8 +37,15 @@ def workdir(tmp_path: Path, name: str, **train_vae) -> Path:
 
 def stage(path: Path) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
-    return subprocess.Popen([sys.executable, "stages/train_vae.py"], cwd=path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell's background job (CI may run us as one) starts with SIGINT ignored, an ignored signal stays
+    # ignored across exec, and Python then never raises KeyboardInterrupt. A handled one is reset to
+    # the default on exec: handle it here while the stage starts.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "stages/train_vae.py"], cwd=path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def finish(proc: subprocess.Popen) -> str:
