@@ -72,9 +72,9 @@ def draw_figures(params, device: torch.device) -> dict:
         ncols=n, title=f"Denoising with the VAE, flip probability {p.flip_prob}")
 
     k = min(p.tsne_points, len(x))
-    mu, _ = encode(vae, x[:k])
+    mu, shown_labels = encode(vae, x[:k])[0].cpu().numpy(), labels[:k].cpu().numpy()
     if z_dim == 2:  # the latent space is the picture: no t-SNE, and the decoders over a grid of it
-        figs["latent_means"] = figures.latent_scatter(mu.cpu().numpy(), labels[:k].cpu().numpy(),
+        figs["latent_means"] = figures.latent_scatter(mu, shown_labels,
                                                       r"VAE latent means $\mu_\phi(y)$ of test images", "z")
         ticks = torch.linspace(-p.manifold_span, p.manifold_span, p.manifold_steps, device=device)
         z2, z1 = torch.meshgrid(ticks.flip(0), ticks, indexing="ij")  # top row: largest z_2
@@ -83,8 +83,8 @@ def draw_figures(params, device: torch.device) -> dict:
             [("VAE decoder", decode(vae.decoder, grid)), ("direct-fit decoder", decode(direct, grid))],
             p.manifold_steps, p.manifold_span)
     else:
-        embedding = tsne_embedding(mu.cpu().numpy(), p.tsne_perplexity, p.seed)
-        figs["tsne_vae"] = figures.latent_scatter(embedding, labels[:k].cpu().numpy(),
+        embedding = tsne_embedding(mu, p.tsne_perplexity, p.seed)
+        figs["tsne_vae"] = figures.latent_scatter(embedding, shown_labels,
                                                   r"t-SNE of VAE latent means $\mu_\phi(y)$", "t-SNE")
 
     z = torch.randn(n, z_dim, generator=g, device=device)

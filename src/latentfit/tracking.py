@@ -109,7 +109,7 @@ class StageRun:
         flat = {prefix + k: float(v) for k, v in _flatten(metrics).items()}
         self._call(mlflow.log_metrics, flat)
         if self.parent_id:
-            self._call(_log_to_parent, self.parent_id, {f"{self.stage}.{k}": v for k, v in flat.items()})
+            self._call(mlflow.log_metrics, {f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
 
     def log_model(self, model, name: str) -> None:
         """`model` as an MLflow PyTorch model, so `mlflow.pytorch.load_model("runs:/<run id>/<name>")`
@@ -223,23 +223,8 @@ def _parent_run(experiment_id: str, tags: dict[str, str], params: dict[str, Any]
     if found:
         return found[0].info.run_id
     parent = client.create_run(experiment_id, run_name=tags["pipeline"], tags=tags | {"stage": PARENT})
-    for chunk in _chunks(list(_loggable(params).items()), 100):
-        client.log_batch(parent.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in chunk])
+    mlflow.log_params(_loggable(params), run_id=parent.info.run_id)
     return parent.info.run_id
-
-
-def _log_to_parent(parent_id: str, metrics: dict[str, float]) -> None:
-    import time
-
-    import mlflow
-
-    now = int(time.time() * 1000)
-    mlflow.MlflowClient().log_batch(parent_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def _unreachable(uri: str) -> str | None:

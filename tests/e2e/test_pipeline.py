@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -174,15 +175,16 @@ def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
 
     from latentfit.inference import load_model
 
-    mlflow.set_tracking_uri(uri)
     z = torch.randn(4, 20)
-    for stage, name in (("train_vae", "vae"), ("train_direct", "direct")):
-        if stage not in by_stage:
-            continue
-        logged = mlflow.pytorch.load_model(f"runs:/{by_stage[stage].info.run_id}/{name}")
-        saved, _ = load_model(root / f"models/{name}.pt")
-        decode = (lambda m: m.decoder) if name == "vae" else (lambda m: m)
-        torch.testing.assert_close(decode(logged)(z), decode(saved)(z))
+    with mock.patch.dict(os.environ):  # set_tracking_uri exports MLFLOW_TRACKING_URI: keep it to this check
+        mlflow.set_tracking_uri(uri)
+        for stage, name in (("train_vae", "vae"), ("train_direct", "direct")):
+            if stage not in by_stage:
+                continue
+            logged = mlflow.pytorch.load_model(f"runs:/{by_stage[stage].info.run_id}/{name}")
+            saved, _ = load_model(root / f"models/{name}.pt")
+            decode = (lambda m: m.decoder) if name == "vae" else (lambda m: m)
+            torch.testing.assert_close(decode(logged)(z), decode(saved)(z))
 
 
 def test_second_repro_runs_nothing(repo):
