@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from latentfit.ais import Schedule, _Target, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
 from latentfit.evaluation import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
 from latentfit.likelihood import mc_marginal_log_prob, pairwise_bernoulli_log_prob, standard_normal_log_prob
 from latentfit.models import VAE
@@ -70,3 +71,92 @@ def test_prior_mc_curve_reports_each_prefix():
     for m, value in curve.items():
         with torch.no_grad():
             assert value == pytest.approx(-mc_marginal_log_prob(y, model.decoder(draws[:m])).mean().item(), abs=1e-9)
+
+
+# 12 pixels make a weak likelihood: the posterior leaves the prior only near beta = 1e-3, so the path
+# starts there rather than at the default 1e-5 that 784-pixel images need.
+SMALL = Schedule(steps=500, leapfrog=5, beta_min=1e-3)
+
+
+def test_ais_target_gradient_matches_autograd():
+    model, y = small_model(2)
+    z = torch.randn(len(y), 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    logl, grad = _Target(model.decoder, y)(z.detach())
+    reference = pairwise_bernoulli_log_prob(y, model.decoder(z)).diagonal()
+    (expected,) = torch.autograd.grad(reference.sum(), z)
+    torch.testing.assert_close(logl, reference.detach())
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_ais_agrees_with_quadrature(z_dim):
+    model, y = small_model(z_dim)
+    exact = quadrature_log_prob(model, y, z_dim)
+    g = torch.Generator().manual_seed(1)
+    estimate = ais_log_prob(model.decoder, y, chains=32, schedule=SMALL, generator=g)
+    torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
+    # short schedules are worse, and all err on the low side on average (a stochastic lower bound)
+    short = torch.stack([ais_log_prob(model.decoder, y, chains=4, schedule=Schedule(steps=5, leapfrog=1),
+                                      generator=g) for _ in range(20)])
+    assert (short.mean(0) - exact).mean() < -0.01
+    assert (short.mean(0) - exact).abs().mean() > (estimate - exact).abs().mean()
+
+
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_bdmc_brackets_the_exact_log_likelihood(z_dim):
+    model, _ = small_model(z_dim)
+    g = torch.Generator().manual_seed(2)
+    y, z = simulate(model.decoder, 40, g)
+    exact = quadrature_log_prob(model, y, z_dim).mean()
+    gaps = {}
+    for steps in (10, 300):
+        schedule = Schedule(steps=steps, leapfrog=2, beta_min=SMALL.beta_min)
+        forward = ais_log_prob(model.decoder, y, chains=4, schedule=schedule, generator=g).mean()
+        reverse = reverse_ais_log_prob(model.decoder, y, z, chains=4, schedule=schedule, generator=g).mean()
+        gaps[steps] = (reverse - forward).item()
+        if steps == 10:  # a short path: the bias shows through the noise, on both sides
+            assert forward < exact < reverse
+        else:
+            assert forward - 0.03 < exact < reverse + 0.03
+    assert abs(gaps[300]) < 0.1 < gaps[10]
+    result = bdmc(model.decoder, 40, chains=4, schedule=Schedule(steps=10, leapfrog=2, beta_min=SMALL.beta_min),
+                  generator=g)
+    assert result["gap"] == pytest.approx(result["upper_nll"] - result["lower_nll"])
+    assert result["gap"] > 0 and result["gap_se"] > 0
+
+
+def bimodal_model() -> tuple[VAE, torch.Tensor, float]:
+    """A 1-d decoder that sees only |z|: the posterior of an image is two mirror-image modes.
+
+    The encoder is the best a Gaussian can do by the ELBO (it is mode-seeking): one mode, its width.
+    Returns the model, one image and the positive mode's location."""
+    model = VAE(z_dim=1, hidden=2, x_dim=12)
+    with torch.no_grad():
+        model.decoder.fc1.weight.copy_(torch.tensor([[1.0], [-1.0]]))  # hidden = (relu(z), relu(-z))
+        model.decoder.fc1.bias.zero_()
+        w = torch.linspace(-3, 3, 12)[:, None]
+        model.decoder.fc2.weight.copy_(w.repeat(1, 2))  # logits = w * |z| + b
+        model.decoder.fc2.bias.copy_(-3 * w[:, 0])  # pixel j is most likely on when |z| = 3
+    y = (torch.sigmoid(model.decoder(torch.tensor([[3.0]]))) > 0.5).double()
+    axis = torch.linspace(0.01, 8, 8000)[:, None]
+    with torch.no_grad():
+        log_post = pairwise_bernoulli_log_prob(y, model.decoder(axis))[0] + standard_normal_log_prob(axis)
+    mode = float(axis[log_post.argmax(), 0])
+    curvature = float(-(log_post[log_post.argmax() + 1] - 2 * log_post.max() + log_post[log_post.argmax() - 1])
+                      / (axis[1, 0] - axis[0, 0]) ** 2)
+    with torch.no_grad():
+        model.encoder.fc.weight.zero_()
+        model.encoder.head.weight.zero_()
+        model.encoder.head.bias.copy_(torch.tensor([mode, -math.log(curvature)]))
+    return model, y, mode
+
+
+def test_ais_stays_tight_where_a_gaussian_encoder_fits_badly():
+    model, y, mode = bimodal_model()
+    exact = quadrature_log_prob(model, y, 1)
+    assert mode > 1.5, "two well-separated modes at +-mode"
+    g = torch.Generator().manual_seed(3)
+    iwae = iwae_log_prob(model, y, 5000, g)
+    assert exact - iwae > 0.5, "IWAE with the one-mode encoder misses the other mode's mass (log 2)"
+    ais = ais_log_prob(model.decoder, y, chains=32, schedule=SMALL, generator=g)
+    torch.testing.assert_close(ais, exact, atol=0.05, rtol=0)
