@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference
-from latentfit.evaluation import iwae_nll
+from latentfit.estimators import iwae_nll
 from latentfit.inference import prior_search
 from latentfit.models import VAE, Decoder
 from latentfit.training import fit_direct, fit_vae, make_optimizer

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from latentfit.config import load_params, to_flat_dict
-from latentfit.data import prepare_split, save_split
+from latentfit.io import save_split
+from latentfit.prepare import prepare_split
 from latentfit.runtime import stage_main
 from latentfit.tracking import stage_run
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentfit.ais import Schedule, _Target, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
-from latentfit.evaluation import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
+from latentfit.estimators import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
 from latentfit.likelihood import mc_marginal_log_prob, pairwise_bernoulli_log_prob, standard_normal_log_prob
 from latentfit.models import VAE
 

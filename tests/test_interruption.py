@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from latentfit.data import save_split
+from latentfit.io import save_split
 from tests.synthetic import synthetic_split
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentfit.evaluation import entropy_floor, prior_mc_nll
+from latentfit.estimators import prior_mc_nll
+from latentfit.evaluation import entropy_floor
 from latentfit.inference import prior_search
 from latentfit.likelihood import (
     bernoulli_log_prob,

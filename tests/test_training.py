@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from latentfit.checkpoint import Checkpoint
 from latentfit.models import VAE, Decoder
-from latentfit.runtime import Checkpoint
 from latentfit.training import TrainingError, fit_direct, fit_vae, make_optimizer
 from tests.synthetic import synthetic_split
 

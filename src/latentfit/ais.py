@@ -40,7 +40,6 @@ import torch
 
 from .models import Decoder
 
-
 TARGET_ACCEPT = 0.65
 ADAPT_RATE = 0.5  # log step size moves by rate * (acceptance probability - target) per transition
 
@@ -60,8 +59,9 @@ class Schedule:
         return torch.cat([torch.zeros(1, dtype=torch.float64), geometric]).to(device)
 
     def likelihood_evaluations(self, chains: int) -> int:
-        """Decoder passes per image (forward and backward each): the cost axis of the convergence plot."""
-        return chains * self.steps * self.leapfrog
+        """Decoder passes per image (forward and backward each), pilot chains included: the cost axis
+        of the convergence figure."""
+        return (chains + self.pilots) * self.steps * self.leapfrog
 
 
 class _Target:

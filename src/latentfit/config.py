@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import ParamsError
 
-class ParamsError(ValueError):
-    """A params.yaml value is missing, mistyped or out of range."""
+__all__ = ["Params", "ParamsError", "load_params", "parse_params", "to_flat_dict"]
 
 
 def _check(**rules: Any) -> dict:
@@ -71,7 +71,17 @@ class EvaluateParams:
     prior_mc_samples: int = field(default=20000, metadata=_check(ge=1))
     prior_mc_curve: tuple[int, ...] = field(default=(64, 256, 1024, 4096, 20000), metadata=_check(item_ge=1))
     iwae_samples: int = field(default=1000, metadata=_check(ge=1))
-    iwae_images: int = field(default=1000, metadata=_check(ge=1))
+    iwae_images: int = field(default=500, metadata=_check(ge=1))
+    iwae_curve: tuple[int, ...] = field(default=(1, 10, 100), metadata=_check(item_ge=1))
+    ais_images: int = field(default=100, metadata=_check(ge=1))
+    ais_chains: int = field(default=8, metadata=_check(ge=1))
+    ais_steps: int = field(default=300, metadata=_check(ge=1))
+    ais_leapfrog: int = field(default=5, metadata=_check(ge=1))
+    ais_beta_min: float = field(default=1e-5, metadata=_check(gt=0, le=1))
+    ais_batch_size: int = field(default=100, metadata=_check(ge=1))
+    ais_curve_steps: tuple[int, ...] = field(default=(10, 30, 100), metadata=_check(item_ge=1))
+    ais_curve_images: int = field(default=25, metadata=_check(ge=1))
+    bdmc_images: int = field(default=20, metadata=_check(ge=1))
     encoder_epochs: int = field(default=10, metadata=_check(ge=1))
     encoder_batch_size: int = field(default=128, metadata=_check(ge=1))
     encoder_lr: float = field(default=1e-3, metadata=_check(gt=0))
@@ -83,6 +93,8 @@ class EvaluateParams:
     knn_neighbours: int = field(default=5, metadata=_check(ge=1))
     silhouette_points: int = field(default=3000, metadata=_check(ge=10))
     classifier_epochs: int = field(default=3, metadata=_check(ge=1))
+    classifier_lr: float = field(default=1e-3, metadata=_check(gt=0))
+    classifier_batch_size: int = field(default=128, metadata=_check(ge=1))
     fid_samples: int = field(default=10000, metadata=_check(ge=10))
 
 

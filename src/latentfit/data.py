@@ -1,4 +1,4 @@
-"""Datasets: registry, IDX read/write, fetching with verification, preprocessing."""
+"""Datasets: registry, IDX read/write, fetching with verification (the download stage's library)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchvision import datasets as tv_datasets
 from tqdm import tqdm
 
-from .io import atomic_path, save_torch
+from .errors import DataError, SourceUnreachable
+from .io import atomic_path
 
 IMAGE_SHAPE = (28, 28)
 SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
@@ -24,14 +24,6 @@ SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 
 # torchvision's dataset classes carry the official mirrors and the published MD5 of every file.
 _TORCHVISION = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST, "kmnist": tv_datasets.KMNIST}
 _IDX_DTYPES = {0x08: np.uint8}
-
-
-class DataError(RuntimeError):
-    """Data could not be fetched, verified or read."""
-
-
-class SourceUnreachable(DataError):
-    """A mirror did not answer at all; it is not asked again for the remaining files."""
 
 
 @dataclass(frozen=True)
@@ -162,34 +154,3 @@ def _download(url: str, path: Path, timeout: float) -> None:
         raise SourceUnreachable(f"{url}: no answer within {timeout:g} s (data.timeout)") from err
     except (ConnectionError, OSError) as err:
         raise DataError(f"{url}: {err}") from err
-
-
-# ---------------------------------------------------------------- preprocessing
-def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, torch.Tensor]:
-    """Pixels / 255 as float32 N x 784 in [0, 1], plus int64 labels; the first `limit` items if limit > 0."""
-    images_name, labels_name, _ = SPLITS[split]
-    raw_dir = Path(raw_dir)
-    for name in (images_name, labels_name):
-        if not (raw_dir / name).is_file():
-            raise DataError(f"{raw_dir / name} is missing: run the download stage first (`dvc repro download`)")
-    images = torch.from_numpy(read_idx(raw_dir / images_name).copy())
-    labels = torch.from_numpy(read_idx(raw_dir / labels_name).astype(np.int64))
-    if len(images) != len(labels):
-        raise DataError(f"{split}: {len(images)} images but {len(labels)} labels; re-run `dvc repro -f download`")
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    return {"x": images.reshape(len(images), -1).float().div_(255.0), "y": labels}
-
-
-def save_split(path: str | Path, split: dict[str, torch.Tensor]) -> None:
-    save_torch(path, split)
-
-
-def load_split(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run the preprocess stage first (`dvc repro preprocess`)")
-    split = torch.load(path, weights_only=True)
-    if set(split) != {"x", "y"} or split["x"].ndim != 2:
-        raise DataError(f"{path} is not a prepared split; re-run `dvc repro -f preprocess`")
-    return split

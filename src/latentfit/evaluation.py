@@ -1,99 +1,40 @@
-"""The comparison metrics. Nothing here draws; every random draw comes from a passed generator."""
+"""The comparison of the two fits on held-out data: `evaluate` runs every metric of the evaluate
+stage, and the metrics that are not likelihoods (denoising, latent structure, sample quality) are here.
+Nothing here draws figures; every random draw comes from a passed generator."""
 
 from __future__ import annotations
 
-import itertools
-import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
-from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
+from tqdm import tqdm
 
-from .inference import prior_search, vae_reconstruct
-from .likelihood import bernoulli_log_prob, elbo_terms, log_importance_weights, pairwise_bernoulli_log_prob
-from .models import VAE, Decoder
-
-
-def flip_pixels(x: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
-    """Pixel-flip noise: each pixel independently becomes 1 - x with probability `prob`."""
-    mask = torch.rand(x.shape, generator=generator, device=x.device) < prob
-    return torch.where(mask, 1.0 - x, x)
+from .ais import Schedule, ais_log_prob, batched, bdmc
+from .estimators import (
+    iwae_log_prob_curve,
+    paired_difference,
+    prior_mc_log_prob,
+    prior_mc_nll,
+    standard_error,
+    vae_elbo,
+)
+from .inference import encode, flip_pixels, prior_search, vae_reconstruct
+from .likelihood import bernoulli_log_prob
+from .models import VAE, Classifier, Decoder
+from .training import fit_classifier, fit_vae, make_optimizer, posthoc_encoder
 
 
 def entropy_floor(x: torch.Tensor) -> float:
     """Mean over images of sum_j H(y_j): no Bernoulli model can score grayscale data below it."""
     return float((F.binary_cross_entropy(x, x, reduction="none")).sum(-1).mean())
-
-
-@torch.no_grad()
-def vae_elbo(vae: VAE, x: torch.Tensor, generator: torch.Generator, batch_size: int = 1000) -> dict[str, float]:
-    """Test-set rec, kl and neg_elbo (nats per image) at one reparameterised draw per image."""
-    vae.eval()
-    rec_sum = kl_sum = 0.0
-    for y in x.split(batch_size):
-        noise = torch.randn(len(y), vae.decoder.z_dim, generator=generator, device=y.device)
-        rec, kl = elbo_terms(y, *vae(y, noise))
-        rec_sum, kl_sum = rec_sum + rec.sum().item(), kl_sum + kl.sum().item()
-    rec, kl = rec_sum / len(x), kl_sum / len(x)
-    return {"neg_elbo": rec + kl, "rec": rec, "kl": kl}
-
-
-@torch.no_grad()
-def prior_mc_curve(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
-                   batch_size: int = 1000, chunk: int = 4096) -> dict[int, float]:
-    """Mean over images of -log (1/M) sum_{m<=M} p(y | z_m), for each M in `sizes` (the first M draws).
-
-    One pass over the draws with a running logsumexp per image, so any M fits in memory.
-    """
-    decoder.eval()
-    sizes = sorted({min(m, len(draws)) for m in sizes})
-    edges = sorted(set(range(0, len(draws), chunk)) | set(sizes) | {len(draws)})
-    segments = [(end, decoder(draws[start:end])) for start, end in itertools.pairwise(edges)]
-    totals = dict.fromkeys(sizes, 0.0)
-    for y in x.split(batch_size):
-        running = torch.full((len(y),), -torch.inf, device=y.device)
-        for end, logits in segments:
-            running = torch.logaddexp(running, torch.logsumexp(pairwise_bernoulli_log_prob(y, logits), 1))
-            if end in totals:
-                totals[end] += (math.log(end) - running).sum().item()
-    return {m: total / len(x) for m, total in totals.items()}
-
-
-def prior_mc_nll(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, batch_size: int = 1000,
-                 chunk: int = 4096) -> float:
-    """Mean over images of -log (1/M) sum_m p(y | z_m) for the given M prior draws (M x z_dim)."""
-    return prior_mc_curve(decoder, x, draws, [len(draws)], batch_size, chunk)[len(draws)]
-
-
-@torch.no_grad()
-def iwae_log_prob(model: VAE, y: torch.Tensor, k: int, generator: torch.Generator,
-                  rows: int = 16384) -> torch.Tensor:
-    """The IWAE estimate log (1/k) sum_i p(y, z_i) / q(z_i | y), z_i ~ q(z | y), for each image.
-
-    A stochastic lower bound on log p(y) that rises with k and reaches it as k grows. Draws are
-    decoded about `rows` at a time with a running logsumexp, so memory does not grow with k.
-    """
-    model.eval()
-    mu, logvar = model.encoder(y)
-    std, per_chunk = torch.exp(0.5 * logvar), max(1, rows // len(y))
-    running = torch.full((len(y),), -torch.inf, device=y.device)
-    for start in range(0, k, per_chunk):
-        eps = torch.randn(min(per_chunk, k - start), *mu.shape, generator=generator, device=y.device)
-        z = mu + std * eps
-        log_w = log_importance_weights(y, model.decoder(z), z, mu, logvar)
-        running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
-    return running - math.log(k)
-
-
-def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
-             batch_size: int = 32) -> tuple[float, float]:
-    """Mean IWAE negative log-likelihood over images, and its standard error across images."""
-    nll = -torch.cat([iwae_log_prob(model, y, k, generator) for y in x.split(batch_size)])
-    return nll.mean().item(), (nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else 0.0
 
 
 @torch.no_grad()
@@ -124,12 +65,6 @@ def flip_key(prob: float) -> str:
     return "flip_" + f"{prob:g}".replace(".", "_")
 
 
-def tsne_embedding(points: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    perplexity = min(perplexity, (len(points) - 1) / 3)  # t-SNE needs perplexity < n_samples
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(points)
-
-
 def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray, test_labels: np.ndarray,
                  neighbours: int = 5) -> float:
     """Accuracy of a k-nearest-neighbour classifier of latent means, fit on train, scored on test."""
@@ -154,3 +89,159 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def accuracy(classifier: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> float:
     classifier.eval()
     return (classifier(x).argmax(1) == labels).float().mean().item()
+
+
+@dataclass
+class Evaluation:
+    """What the evaluate stage writes: the headline (dvc exp show's columns), every metric, and the
+    rows of its CSV curves."""
+
+    headline: dict[str, Any]
+    metrics: dict[str, Any]
+    prior_curve: list[dict[str, float]]
+    denoise: list[dict[str, float]]
+    estimators: list[dict[str, Any]]
+
+
+def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor], p: Any, *,
+             hidden: int, generator: torch.Generator, train_draws: torch.Tensor | None = None,
+             log: Callable[[dict, str], None] = lambda record, prefix: None) -> Evaluation:
+    """Both fits on one footing. `p` holds the evaluate params (config.EvaluateParams), `train_draws`
+    the direct fit's own M training draws if it kept them; `log(record, prefix)` receives the post-hoc
+    encoders' epoch records."""
+    start, g = time.perf_counter(), generator
+    x_train, x = train["x"], test["x"]
+    decoders = {"vae": vae.decoder, "direct": direct}
+    posthoc = {name: fit_posthoc_encoder(dec, x_train, hidden, p, g, lambda r, n=name: log(r, f"posthoc_{n}."))
+               for name, dec in decoders.items()}
+
+    # per-image log-likelihoods: prior sampling on every test image, IWAE on the first iwae_images, AIS on
+    # the first ais_images; the paired gaps compare the fits on exactly the same images
+    draws = torch.randn(p.prior_mc_samples, vae.decoder.z_dim, generator=g, device=x.device)
+    sizes = [*p.prior_mc_curve, len(draws)]
+    prior = {name: prior_mc_log_prob(dec, x, draws, sizes, p.batch_size) for name, dec in decoders.items()}
+    ks = [*p.iwae_curve, p.iwae_samples]
+    iwae_models = {"vae": vae, "direct": posthoc["direct"], "vae_posthoc": posthoc["vae"]}
+    iwae = {name: _iwae(model, x[: p.iwae_images], ks, g) for name, model in iwae_models.items()}
+    schedule = ais_schedule(p)
+    ais_x = x[: p.ais_images]
+    ais = {name: batched(lambda y, d=dec: ais_log_prob(d, y, chains=p.ais_chains, schedule=schedule, generator=g),
+                         ais_x, batch_size=p.ais_batch_size)
+           for name, dec in tqdm(decoders.items(), desc="AIS", leave=False)}
+    checks = {name: bdmc(dec, p.bdmc_images, chains=p.ais_chains, schedule=schedule, generator=g,
+                         batch_size=p.ais_batch_size) for name, dec in decoders.items()}
+
+    nll = lambda log_p: -log_p
+    m_all, k_all = len(draws), p.iwae_samples
+    floor = entropy_floor(x)
+    metrics: dict[str, Any] = {"vae": {"test": vae_elbo(vae, x, g, p.batch_size)}, "direct": {"test": {}}}
+    for name in decoders:
+        metrics[name]["test"].update({
+            "ais_nll": nll(ais[name]).mean().item(), "ais_nll_se": standard_error(ais[name]),
+            "iwae_nll": nll(iwae[name][k_all]).mean().item(), "iwae_nll_se": standard_error(iwae[name][k_all]),
+            "prior_mc_nll": nll(prior[name][m_all]).mean().item(),
+            "excess": nll(ais[name]).mean().item() - entropy_floor(ais_x)})
+    metrics["vae"]["test"]["iwae_nll_posthoc"] = nll(iwae["vae_posthoc"][k_all]).mean().item()
+    if train_draws is not None:
+        metrics["direct"]["test"]["train_draws_nll"] = prior_mc_nll(direct, x, train_draws, p.batch_size)
+    metrics["gap"] = {  # direct - VAE, per image: positive means the VAE's decoder is the better model
+        "ais": paired_difference(nll(ais["direct"]), nll(ais["vae"])),
+        "iwae": paired_difference(nll(iwae["direct"][k_all]), nll(iwae["vae"][k_all])),
+        "prior_mc": paired_difference(nll(prior["direct"][m_all]), nll(prior["vae"][m_all]))}
+    metrics["bdmc"] = checks
+    metrics["data"] = {"test": {"entropy_floor": floor}}
+    metrics["denoise"] = denoising(vae, direct, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, g)
+    metrics["latent"] = latent_structure({"vae": vae, "direct": posthoc["direct"]}, x_train, train["y"], x,
+                                         test["y"], p)
+    metrics["samples"] = sample_quality(decoders, train, test, p, g)
+    curve = estimator_curves(decoders, x[: p.ais_curve_images], prior, iwae, ais, p, g)
+    metrics["seconds"] = time.perf_counter() - start
+
+    headline = {"ais": {"vae": metrics["vae"]["test"]["ais_nll"], "direct": metrics["direct"]["test"]["ais_nll"],
+                        "gap": metrics["gap"]["ais"]["mean"]},
+                "iwae": {"vae": metrics["vae"]["test"]["iwae_nll"], "direct": metrics["direct"]["test"]["iwae_nll"],
+                         "gap": metrics["gap"]["iwae"]["mean"]},
+                "neg_elbo": {"vae": metrics["vae"]["test"]["neg_elbo"]},
+                "prior": {"direct": metrics["direct"]["test"]["prior_mc_nll"]}}
+    prior_curve = [{"samples": m, "vae": -prior["vae"][m].mean().item(), "direct": -prior["direct"][m].mean().item()}
+                   for m in sorted(prior["vae"])]
+    return Evaluation(headline, metrics, prior_curve, list(metrics["denoise"].values()), curve)
+
+
+def ais_schedule(p: Any) -> Schedule:
+    return Schedule(steps=p.ais_steps, leapfrog=p.ais_leapfrog, beta_min=p.ais_beta_min)
+
+
+def _iwae(model: VAE, x: torch.Tensor, ks: list[int], g: torch.Generator, batch_size: int = 32):
+    parts = [iwae_log_prob_curve(model, y, ks, g) for y in x.split(batch_size)]
+    return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+
+def fit_posthoc_encoder(decoder: Decoder, x_train: torch.Tensor, hidden: int, p: Any, g: torch.Generator,
+                        log: Callable[[dict], None]) -> VAE:
+    """An amortised Gaussian encoder fitted by the ELBO to a frozen decoder: the direct fit has none,
+    and the VAE's decoder gets one too, as a control of what such an encoder costs."""
+    model = posthoc_encoder(decoder, hidden)
+    records = fit_vae(model, make_optimizer(model.encoder, p.encoder_lr), x_train, epochs=p.encoder_epochs,
+                      batch_size=p.encoder_batch_size, generator=g)
+    for record in tqdm(records, total=p.encoder_epochs, desc="post-hoc encoder", leave=False):
+        log(record)
+    return model.eval()
+
+
+def estimator_curves(decoders: dict[str, Decoder], x: torch.Tensor, prior: dict, iwae: dict, ais: dict, p: Any,
+                     g: torch.Generator) -> list[dict[str, Any]]:
+    """Each estimator's NLL against its cost (decoder passes per image), on the same first images:
+    prior sampling against M, IWAE against k, AIS against the length of its schedule."""
+    n, rows = len(x), []
+    for name, dec in decoders.items():
+        for m, log_p in prior[name].items():
+            rows.append({"estimator": "prior", "fit": name, "cost": m, "nll": -log_p[:n].mean().item()})
+        for k, log_p in iwae[name].items():
+            rows.append({"estimator": "iwae", "fit": name, "cost": k, "nll": -log_p[:n].mean().item()})
+        lengths = {steps: None for steps in p.ais_curve_steps}
+        lengths[p.ais_steps] = ais[name][:n]
+        for steps, log_p in sorted(lengths.items()):
+            schedule = Schedule(steps=steps, leapfrog=p.ais_leapfrog, beta_min=p.ais_beta_min)
+            if log_p is None:
+                log_p = ais_log_prob(dec, x, chains=p.ais_chains, schedule=schedule, generator=g)
+            rows.append({"estimator": "ais", "fit": name, "cost": schedule.likelihood_evaluations(p.ais_chains),
+                         "nll": -log_p.mean().item(), "steps": steps})
+    return rows
+
+
+def latent_structure(encoders: dict[str, VAE], x_train, y_train, x_test, y_test, p: Any) -> dict[str, dict]:
+    """kNN accuracy and silhouette of each encoder's latent means (the direct fit's: its post-hoc encoder)."""
+    out = {}
+    for name, model in encoders.items():
+        z_test = encode(model, x_test)[0].cpu().numpy()
+        labels = y_test.cpu().numpy()
+        out[name] = {"knn_accuracy": knn_accuracy(encode(model, x_train)[0].cpu().numpy(), y_train.cpu().numpy(),
+                                                  z_test, labels, p.knn_neighbours),
+                     "silhouette": silhouette(z_test, labels, p.silhouette_points, p.seed)}
+    return out
+
+
+def sample_quality(decoders: dict[str, Decoder], train: dict, test: dict, p: Any, g: torch.Generator) -> dict:
+    """Frechet distance between classifier features of prior samples and of test images."""
+    x_train, x_test = train["x"], test["x"]
+    classifier = Classifier().to(x_train.device)
+    records = fit_classifier(classifier, make_optimizer(classifier, p.classifier_lr), x_train, train["y"],
+                             epochs=p.classifier_epochs, batch_size=p.classifier_batch_size, generator=g)
+    for _ in tqdm(records, total=p.classifier_epochs, desc="feature classifier", leave=False):
+        pass
+    classifier.eval()
+    n = min(p.fid_samples, len(x_test))
+
+    @torch.no_grad()
+    def features(images: torch.Tensor) -> np.ndarray:
+        return classifier.features(images).double().cpu().numpy()
+
+    reference = features(x_test[:n])
+    out = {"classifier_accuracy": accuracy(classifier, x_test, test["y"]),
+           "data_fid": frechet_distance(features(x_train[:n]), reference)}  # the floor: real vs real
+    for name, decoder in decoders.items():
+        with torch.no_grad():
+            samples = torch.sigmoid(decoder(torch.randn(n, decoder.z_dim, generator=g, device=x_test.device)))
+        out[name] = {"fid": frechet_distance(features(samples), reference)}
+    return out

@@ -118,3 +118,26 @@ def denoise_sweep(table: pd.DataFrame) -> Figure:
     fig.suptitle("Denoising: VAE encode-decode vs direct-fit prior search")
     fig.tight_layout()
     return fig
+
+
+def estimator_convergence(table: pd.DataFrame) -> Figure:
+    """Each estimator's NLL against its cost, one panel per fit, on the same test images."""
+    styles = {"prior": ("prior sampling (cost: M draws)", "o-"), "iwae": ("IWAE (cost: k samples)", "s-"),
+              "ais": ("AIS (cost: chains x distributions x leapfrog)", "^-")}
+    fits = [f for f in ("vae", "direct") if f in set(table["fit"])]
+    fig, axes = plt.subplots(1, len(fits), figsize=(6 * len(fits), 4.2), squeeze=False)
+    for ax, fit in zip(axes[0], fits):
+        for i, (estimator, (label, style)) in enumerate(styles.items()):
+            rows = table[(table["fit"] == fit) & (table["estimator"] == estimator)].sort_values("cost")
+            ax.plot(rows["cost"], rows["nll"], style, color=f"C{i}", label=label)
+        best = table[table["fit"] == fit]["nll"].min()
+        ax.set_ylim(best - 1, best + 12)  # the converged end matters; early points may be far above
+        ax.set_xscale("log")
+        ax.set_xlabel("decoder evaluations per image")
+        ax.set_ylabel("test NLL (nats/image)")
+        ax.set_title(f"{'VAE' if fit == 'vae' else 'direct-fit'} decoder")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle("Held-out NLL estimates against their cost (lower is tighter; all are upper bounds in expectation)")
+    fig.tight_layout()
+    return fig

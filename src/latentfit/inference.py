@@ -1,4 +1,5 @@
-"""From images to latents and back: encoding, reconstruction, and prior search for the direct fit."""
+"""From images to latents and back: pixel-flip noise, encoding, reconstruction, prior search for the
+direct fit, and the model files."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError
+from .errors import DataError
 from .likelihood import pairwise_bernoulli_log_prob
 from .models import VAE, Decoder
+
+
+def flip_pixels(x: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Pixel-flip noise: each pixel independently becomes 1 - x with probability `prob`."""
+    mask = torch.rand(x.shape, generator=generator, device=x.device) < prob
+    return torch.where(mask, 1.0 - x, x)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Atomic file output: a file appears whole under its final name, or not at all."""
+"""The pipeline's files: atomic output (a file appears whole under its final name, or not at all),
+and the prepared splits every stage after preprocess reads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 import torch
+
+from .errors import DataError
 
 
 @contextlib.contextmanager
@@ -54,3 +57,18 @@ def save_figure(path: str | Path, fig: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_split(path: str | Path, split: dict[str, torch.Tensor]) -> None:
+    """A prepared split: {"x": float32 N x 784 in [0, 1], "y": int64 labels}."""
+    save_torch(path, split)
+
+
+def load_split(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run the preprocess stage first (`dvc repro preprocess`)")
+    split = torch.load(path, weights_only=True)
+    if set(split) != {"x", "y"} or split["x"].ndim != 2:
+        raise DataError(f"{path} is not a prepared split; re-run `dvc repro -f preprocess`")
+    return split

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import TrackingError
 
-class TrackingError(RuntimeError):
-    """The MLflow tracking store is required but cannot be reached."""
+__all__ = ["StageRun", "TrackingError", "stage_run", "tracking_uri"]
 
 
 class TrackingWarning(UserWarning):
@@ -42,6 +42,9 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
 def _use_experiment(name: str, artifacts: Path | None) -> str:
     """Select the experiment and return its id. A new one keeps its artifacts in `artifacts` when given:
     beside the default store, never in the temporary copy a queued experiment runs in."""
@@ -52,7 +55,12 @@ def _use_experiment(name: str, artifacts: Path | None) -> str:
             mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
         except mlflow.exceptions.MlflowException:
             pass  # a parallel stage created it first
-    return mlflow.set_experiment(name).experiment_id
+    experiment = mlflow.set_experiment(name)
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:
+        # MLflow 3's UI opens an experiment of unknown kind on its GenAI overview ("Traces 0"):
+        # this tag makes it open on the runs table, one row per pipeline execution.
+        mlflow.set_experiment_tag(EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
 
 
 def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:

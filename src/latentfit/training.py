@@ -13,12 +13,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .errors import TrainingError
 from .likelihood import elbo_terms, mc_marginal_log_prob
 from .models import VAE, Decoder
 
-
-class TrainingError(RuntimeError):
-    """Training diverged."""
+__all__ = ["TrainingError", "fit_classifier", "fit_direct", "fit_vae", "make_optimizer", "posthoc_encoder"]
 
 
 def make_optimizer(module: nn.Module, lr: float) -> torch.optim.Optimizer:

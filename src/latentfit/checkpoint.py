@@ -1,0 +1,71 @@
+"""Resumable epoch loops for the training stages: per-epoch checkpoints, MLflow logging, progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import save_torch
+
+
+class Checkpoint:
+    """Per-epoch training state (weights, optimiser, RNG, history) for resuming an interrupted stage.
+
+    `key` identifies the params the state belongs to: a checkpoint written under other params is
+    stale and is discarded rather than resumed.
+    """
+
+    def __init__(self, path: str | Path, key: dict[str, Any], model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, generator: torch.Generator):
+        self.path, self.key = Path(path), key
+        self.model, self.optimizer, self.generator = model, optimizer, generator
+
+    def resume(self) -> list[dict]:
+        """Restore the saved state in place; returns the epoch history so far ([] when starting afresh)."""
+        if not self.path.is_file():
+            return []
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a damaged checkpoint is only a lost head start
+            state = None
+        if not state or state.get("key") != self.key:
+            print(f"discarding stale checkpoint {self.path} (written under other params)", file=sys.stderr)
+            self.clear()
+            return []
+        self.model.load_state_dict(state.pop("model"))
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        self.generator.set_state(state.pop("generator"))
+        history = state.pop("history")
+        print(f"resuming after epoch {len(history)} from {self.path}", file=sys.stderr)
+        return history
+
+    def save(self, history: list[dict]) -> None:
+        save_torch(self.path, {"key": self.key, "model": self.model.state_dict(),
+                               "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                               "history": history})
+
+    def clear(self) -> None:
+        if self.path.exists():
+            os.unlink(self.path)
+
+
+def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, total: int, desc: str,
+               line: Callable[[dict], str]) -> list[dict]:
+    """Drive an epoch loop: log each record to MLflow, checkpoint it, print the notebook-style line."""
+    from tqdm import tqdm
+
+    for record in history:  # epochs restored from a checkpoint belong to this run's history too
+        run.log_epoch(record)
+    with tqdm(total=total, initial=len(history), desc=desc, unit="epoch", leave=False) as bar:
+        for record in records:
+            history.append(record)
+            run.log_epoch(record)
+            checkpoint.save(history)
+            tqdm.write(line(record))
+            bar.update()
+    return history

@@ -1,0 +1,113 @@
+"""Held-out likelihood estimators that need no Markov chain: the VAE's ELBO, prior sampling and
+IWAE, each per image, so two fits can be compared on the same images as a paired difference.
+(AIS, the tightest, is in ais.py.) Every random draw comes from a passed generator."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from scipy import stats
+
+from .likelihood import elbo_terms, log_importance_weights, pairwise_bernoulli_log_prob
+from .models import VAE, Decoder
+
+
+@torch.no_grad()
+def vae_elbo(vae: VAE, x: torch.Tensor, generator: torch.Generator, batch_size: int = 1000) -> dict[str, float]:
+    """Test-set rec, kl and neg_elbo (nats per image) at one reparameterised draw per image."""
+    vae.eval()
+    rec_sum = kl_sum = 0.0
+    for y in x.split(batch_size):
+        noise = torch.randn(len(y), vae.decoder.z_dim, generator=generator, device=y.device)
+        rec, kl = elbo_terms(y, *vae(y, noise))
+        rec_sum, kl_sum = rec_sum + rec.sum().item(), kl_sum + kl.sum().item()
+    rec, kl = rec_sum / len(x), kl_sum / len(x)
+    return {"neg_elbo": rec + kl, "rec": rec, "kl": kl}
+
+
+@torch.no_grad()
+def prior_mc_log_prob(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
+                      batch_size: int = 1000, chunk: int = 4096) -> dict[int, torch.Tensor]:
+    """Per image, log (1/M) sum_{m<=M} p(y | z_m) for each M in `sizes` (the first M of `draws`).
+
+    One pass over the draws with a running logsumexp per image, so any M fits in memory.
+    """
+    decoder.eval()
+    sizes = sorted({min(m, len(draws)) for m in sizes})
+    edges = sorted(set(range(0, len(draws), chunk)) | set(sizes) | {len(draws)})
+    segments = [(end, decoder(draws[start:end])) for start, end in itertools.pairwise(edges)]
+    parts: dict[int, list[torch.Tensor]] = {m: [] for m in sizes}
+    for y in x.split(batch_size):
+        running = torch.full((len(y),), -torch.inf, device=y.device)
+        for end, logits in segments:
+            running = torch.logaddexp(running, torch.logsumexp(pairwise_bernoulli_log_prob(y, logits), 1))
+            if end in parts:
+                parts[end].append(running - math.log(end))
+    return {m: torch.cat(p) for m, p in parts.items()}
+
+
+def prior_mc_curve(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
+                   batch_size: int = 1000, chunk: int = 4096) -> dict[int, float]:
+    """Mean over images of -log (1/M) sum_{m<=M} p(y | z_m), for each M in `sizes`."""
+    curve = prior_mc_log_prob(decoder, x, draws, sizes, batch_size, chunk)
+    return {m: -v.mean().item() for m, v in curve.items()}
+
+
+def prior_mc_nll(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, batch_size: int = 1000,
+                 chunk: int = 4096) -> float:
+    """Mean over images of -log (1/M) sum_m p(y | z_m) for the given M prior draws (M x z_dim)."""
+    return prior_mc_curve(decoder, x, draws, [len(draws)], batch_size, chunk)[len(draws)]
+
+
+@torch.no_grad()
+def iwae_log_prob_curve(model: VAE, y: torch.Tensor, ks: list[int], generator: torch.Generator,
+                        rows: int = 16384) -> dict[int, torch.Tensor]:
+    """Per image, the IWAE estimate log (1/k) sum_{i<=k} p(y, z_i) / q(z_i | y), z_i ~ q(z | y), for each
+    k in `ks` (the first k of one stream of draws).
+
+    A stochastic lower bound on log p(y) that rises with k. Draws are decoded about `rows` at a time
+    with a running logsumexp, so memory does not grow with k.
+    """
+    model.eval()
+    mu, logvar = model.encoder(y)
+    std, per_chunk = torch.exp(0.5 * logvar), max(1, rows // len(y))
+    ks = sorted(set(ks))
+    edges = sorted(set(range(0, ks[-1], per_chunk)) | set(ks))
+    running, out = torch.full((len(y),), -torch.inf, device=y.device), {}
+    for start, end in itertools.pairwise([0, *[e for e in edges if e > 0]]):
+        eps = torch.randn(end - start, *mu.shape, generator=generator, device=y.device)
+        z = mu + std * eps
+        log_w = log_importance_weights(y, model.decoder(z), z, mu, logvar)
+        running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
+        if end in ks:
+            out[end] = running - math.log(end)
+    return out
+
+
+def iwae_log_prob(model: VAE, y: torch.Tensor, k: int, generator: torch.Generator, rows: int = 16384) -> torch.Tensor:
+    """The IWAE estimate with k importance samples, per image."""
+    return iwae_log_prob_curve(model, y, [k], generator, rows)[k]
+
+
+def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
+             batch_size: int = 32) -> tuple[float, float]:
+    """Mean IWAE negative log-likelihood over images, and its standard error across images."""
+    nll = -torch.cat([iwae_log_prob(model, y, k, generator) for y in x.split(batch_size)])
+    return nll.mean().item(), standard_error(nll)
+
+
+def standard_error(values: torch.Tensor) -> float:
+    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, level: float = 0.95) -> dict[str, float]:
+    """Mean of a - b over the same images, its standard error and a `level` t-interval.
+
+    Two fits scored on the same images differ far less from image to image than either NLL does
+    (an image that is hard for one is hard for both), so the paired interval is the honest one."""
+    d = (a - b).double()
+    mean, se = d.mean().item(), standard_error(d)
+    half = stats.t.ppf(0.5 + level / 2, df=max(1, len(d) - 1)) * se
+    return {"mean": mean, "se": se, "lo": mean - half, "hi": mean + half, "images": len(d)}

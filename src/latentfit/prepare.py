@@ -1,0 +1,27 @@
+"""Preprocessing (the preprocess stage's library): raw IDX files to the prepared tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import SPLITS, read_idx
+from .errors import DataError
+
+
+def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, torch.Tensor]:
+    """Pixels / 255 as float32 N x 784 in [0, 1], plus int64 labels; the first `limit` items if limit > 0."""
+    images_name, labels_name, _ = SPLITS[split]
+    raw_dir = Path(raw_dir)
+    for name in (images_name, labels_name):
+        if not (raw_dir / name).is_file():
+            raise DataError(f"{raw_dir / name} is missing: run the download stage first (`dvc repro download`)")
+    images = torch.from_numpy(read_idx(raw_dir / images_name).copy())
+    labels = torch.from_numpy(read_idx(raw_dir / labels_name).astype(np.int64))
+    if len(images) != len(labels):
+        raise DataError(f"{split}: {len(images)} images but {len(labels)} labels; re-run `dvc repro -f download`")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return {"x": images.reshape(len(images), -1).float().div_(255.0), "y": labels}

@@ -1,0 +1,121 @@
+"""The evaluate and visualize stages' library code, in-process, on tiny models and synthetic data."""
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from latentfit.config import parse_params
+from latentfit.estimators import paired_difference
+from latentfit.evaluation import evaluate
+from latentfit.figure_data import curve_figures, model_figures
+from latentfit.models import VAE, Decoder
+from latentfit.report import render_report
+from latentfit.training import fit_direct, fit_vae, make_optimizer
+from tests.synthetic import synthetic_split
+
+TINY = {
+    "model": {"z_dim": 3, "hidden": 32},
+    "evaluate": {"prior_mc_samples": 300, "prior_mc_curve": [10, 100], "iwae_samples": 50, "iwae_images": 40,
+                 "iwae_curve": [1, 10], "ais_images": 20, "ais_chains": 3, "ais_steps": 20, "ais_curve_steps": [5],
+                 "ais_curve_images": 10, "ais_batch_size": 8, "bdmc_images": 6, "encoder_epochs": 1,
+                 "search_candidates": 100, "denoise_images": 20, "silhouette_points": 30, "classifier_epochs": 1,
+                 "classifier_lr": 0.003, "classifier_batch_size": 32, "fid_samples": 50},
+    "visualize": {"search_candidates": 100, "tsne_points": 40, "n_show": 4},
+}
+
+
+def split(count: int, seed: int) -> dict[str, torch.Tensor]:
+    images, labels = synthetic_split(count, seed)
+    return {"x": torch.from_numpy(images).reshape(count, -1).float() / 255, "y": torch.from_numpy(labels).long()}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.manual_seed(0)
+    params = parse_params(TINY)
+    train, test = split(300, 1), split(120, 2)
+    g = torch.Generator().manual_seed(0)
+    vae, direct = VAE(3, 32), Decoder(3, 32)
+    list(fit_vae(vae, make_optimizer(vae, 3e-3), train["x"], epochs=2, batch_size=32, generator=g))
+    list(fit_direct(direct, make_optimizer(direct, 3e-3), train["x"], epochs=2, batch_size=32, mc_samples=16,
+                    generator=g))
+    logged = []
+    result = evaluate(vae.eval(), direct.eval(), train, test, params.evaluate, hidden=32,
+                      generator=torch.Generator().manual_seed(1), train_draws=torch.randn(16, 3),
+                      log=lambda record, prefix: logged.append(prefix))
+    return params, vae, direct, train, test, result, logged
+
+
+def test_evaluate_reports_the_headline_from_its_own_metrics(fitted):
+    *_, result, logged = fitted
+    m, head = result.metrics, result.headline
+    assert set(head) == {"ais", "iwae", "neg_elbo", "prior"}
+    for est, key in (("ais", "ais_nll"), ("iwae", "iwae_nll")):
+        assert head[est]["vae"] == m["vae"]["test"][key] and head[est]["direct"] == m["direct"]["test"][key]
+        # the gap is paired over the same images, so its mean is the difference of the means
+        assert head[est]["gap"] == pytest.approx(head[est]["direct"] - head[est]["vae"], rel=1e-5)
+    assert m["gap"]["ais"]["images"] == 20 and m["gap"]["iwae"]["images"] == 40 and m["gap"]["prior_mc"]["images"] == 120
+    for fit in ("vae", "direct"):
+        check = m["bdmc"][fit]
+        assert check["gap"] == pytest.approx(check["upper_nll"] - check["lower_nll"])
+    assert m["vae"]["test"]["iwae_nll"] <= m["vae"]["test"]["neg_elbo"] + 1.0
+    assert "train_draws_nll" in m["direct"]["test"]
+    assert set(logged) == {"posthoc_vae.", "posthoc_direct."}
+
+
+def test_evaluate_writes_each_estimator_against_its_cost(fitted):
+    params, *_, result, _ = fitted
+    table = pd.DataFrame(result.estimators)
+    p = params.evaluate
+    for fit in ("vae", "direct"):
+        rows = table[table["fit"] == fit]
+        assert sorted(rows[rows.estimator == "prior"]["cost"]) == [10, 100, 300]
+        assert sorted(rows[rows.estimator == "iwae"]["cost"]) == [1, 10, 50]
+        ais = rows[rows.estimator == "ais"].sort_values("steps")
+        assert list(ais["steps"]) == [5, 20]
+        assert list(ais["cost"]) == [(p.ais_chains + 2) * s * p.ais_leapfrog for s in (5, 20)]
+    assert [row["samples"] for row in result.prior_curve] == [10, 100, 300]
+    assert len(result.denoise) == len(p.flip_probs)
+
+
+def test_report_leads_with_the_verdict(fitted):
+    params, *_, result, _ = fitted
+    report = render_report(result.metrics, params)
+    first = report.splitlines()[2]
+    gap = result.metrics["gap"]["ais"]
+    assert first.startswith("**The ") and f"{abs(gap['mean']):.2f} nats" in first and "BDMC" in first
+    assert "| AIS (3 chains x 20 distributions) | 20 |" in report
+
+
+def test_paired_difference_is_a_t_interval_of_the_differences():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, generator=g) * 10 + 250
+    b = a - 5 + torch.randn(30, generator=g)  # a hard image is hard for both: the pairing removes that spread
+    out = paired_difference(a, b)
+    d = (a - b).double().numpy()
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert out["mean"] == pytest.approx(d.mean()) and out["se"] == pytest.approx(stats.sem(d))
+    assert (out["lo"], out["hi"]) == pytest.approx((lo, hi))
+    assert out["se"] < (a.std() / math.sqrt(30)).item() / 5
+
+
+def test_visualize_draws_every_figure(fitted):
+    params, vae, direct, train, test, result, _ = fitted
+    figs = model_figures(vae, direct, train, test, params.visualize, torch.Generator().manual_seed(0))
+    histories = {"vae": pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]}),
+                 "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
+    curves = {"prior_mc": pd.DataFrame(result.prior_curve), "denoise": pd.DataFrame(result.denoise),
+              "estimators": pd.DataFrame(result.estimators)}
+    figs |= curve_figures(histories, curves, result.metrics)
+    assert set(figs) == {"raw_image", "reconstruction", "prior_samples", "interpolation",
+                         "interpolation_latent_vs_pixel", "vae_denoising", "tsne_vae", "samples_vae_vs_direct",
+                         "search_reconstruction", "training_curves", "prior_mc_curve", "denoise_sweep",
+                         "estimator_convergence"}
+    convergence = figs["estimator_convergence"]
+    assert len(convergence.axes) == 2 and all(len(ax.lines) == 3 for ax in convergence.axes)
+    for fig in figs.values():
+        plt.close(fig)
