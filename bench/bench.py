@@ -23,10 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference
+from latentfit.ais import Schedule, ais_log_prob
 from latentfit.estimators import iwae_nll
 from latentfit.inference import prior_search
 from latentfit.models import VAE, Decoder
 from latentfit.training import fit_direct, fit_vae, make_optimizer
+
+AIS_IMAGES, AIS_CHAINS = 20, 8
 
 
 def load_train(path: str, device: str) -> torch.Tensor:
@@ -72,6 +75,14 @@ def setup(case: str, impl: str, x: torch.Tensor, device: str):
             return lambda: reference.iwae_nll(model, images, 1000)
         model = VAE().to(device)
         return lambda: iwae_nll(model, images, 1000, g)
+    if case == "ais":  # 20 test-sized images, 8 chains each, 300 distributions x 5 leapfrog steps
+        images = x[:AIS_IMAGES]
+        if impl == "reference":
+            model = reference.NotebookDecoder().to(device)
+            return lambda: reference.ais_nll(model, images, AIS_CHAINS, 300, 5)
+        model = Decoder().to(device)
+        schedule = Schedule(steps=300, leapfrog=5)
+        return lambda: ais_log_prob(model, images, chains=AIS_CHAINS, schedule=schedule, generator=g)
     raise ValueError(case)
 
 
@@ -130,24 +141,29 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best time counts")
-    parser.add_argument("--cases", nargs="+", default=["direct_epoch", "vae_epoch", "prior_search", "iwae"])
+    parser.add_argument("--cases", nargs="+", default=["direct_epoch", "vae_epoch", "prior_search", "iwae", "ais"])
     parser.add_argument("--out", help="write the Markdown table here too")
     args = parser.parse_args()
 
     mb = 1 / 2**20
     rows = ["| case | reference s | project s | speed-up | reference peak MiB | project peak MiB | memory ratio |",
             "|---|---|---|---|---|---|---|"]
+    notes = []
     for case in args.cases:
         ref_s, ref_mem = measure(case, "reference", args)
         new_s, new_mem = measure(case, "project", args)
         rows.append(f"| {case} | {ref_s:.3f} | {new_s:.3f} | {ref_s / new_s:.1f}x | {ref_mem * mb:.1f} | "
                     f"{new_mem * mb:.1f} | {ref_mem / max(new_mem, 1):.1f}x |")
         print(rows[-1], flush=True)
+        if case == "ais":
+            per = 1e3 / (AIS_IMAGES * AIS_CHAINS)
+            notes.append(f"AIS per image and chain (300 distributions x 5 leapfrog steps): project {new_s * per:.1f} ms "
+                         f"(pilot chains included), reference {ref_s * per:.1f} ms.")
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
     header = (f"Machine: {device}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{args.threads or torch.get_num_threads()} threads, device `{args.device}`, data `{args.data}`.\n"
               f"Command: `python bench/bench.py {' '.join(sys.argv[1:])}`\n\n")
-    table = header + "\n".join(rows) + "\n"
+    table = header + "\n".join(rows) + "\n" + "".join(f"\n{note}\n" for note in notes)
     print("\n" + table)
     if args.out:
         Path(args.out).write_text(table)

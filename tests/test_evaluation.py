@@ -88,7 +88,11 @@ def test_report_leads_with_the_verdict(fitted):
     first = report.splitlines()[2]
     gap = result.metrics["gap"]["ais"]
     assert first.startswith("**The ") and f"{abs(gap['mean']):.2f} nats" in first and "BDMC" in first
-    assert "| AIS (3 chains x 20 distributions) | 20 |" in report
+    assert "| AIS (3 chains x 20 distributions) |" in report
+    for est in ("ais", "iwae", "prior_mc"):  # the verdict table: every estimator on the AIS images
+        v = result.metrics["verdict"][est]
+        assert v["images"] == 20 and v["mean"] == pytest.approx(v["direct"] - v["vae"], abs=1e-3)
+    assert result.metrics["verdict"]["ais"]["mean"] == pytest.approx(result.metrics["gap"]["ais"]["mean"])
 
 
 def test_paired_difference_is_a_t_interval_of_the_differences():

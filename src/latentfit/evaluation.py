@@ -148,6 +148,13 @@ def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: di
         "ais": paired_difference(nll(ais["direct"]), nll(ais["vae"])),
         "iwae": paired_difference(nll(iwae["direct"][k_all]), nll(iwae["vae"][k_all])),
         "prior_mc": paired_difference(nll(prior["direct"][m_all]), nll(prior["vae"][m_all]))}
+    n = p.ais_images  # the verdict: every estimator on the same first test images, paired
+    metrics["verdict"] = {
+        est: {"vae": nll(v)[:n].mean().item(), "direct": nll(d)[:n].mean().item(),
+              **paired_difference(nll(d)[:n], nll(v)[:n])}
+        for est, (v, d) in {"ais": (ais["vae"], ais["direct"]),
+                            "iwae": (iwae["vae"][k_all], iwae["direct"][k_all]),
+                            "prior_mc": (prior["vae"][m_all], prior["direct"][m_all])}.items()}
     metrics["bdmc"] = checks
     metrics["data"] = {"test": {"entropy_floor": floor}}
     metrics["denoise"] = denoising(vae, direct, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, g)

@@ -1,5 +1,6 @@
 """The real pipeline: `dvc repro` and `dvc exp run` in a temporary git repo, on synthetic IDX files
-served over HTTP on 127.0.0.1. The tests in this module run in order, one scenario."""
+served over HTTP on 127.0.0.1. One `dvc repro` builds a base repository for the module; a test that
+changes anything works on its own copy of it, so each test runs alone (`pytest tests/e2e -k NAME`)."""
 
 import json
 import os
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
            "vae_denoising", "tsne_vae", "samples_vae_vs_direct", "search_reconstruction", "training_curves",
-           "prior_mc_curve", "denoise_sweep"}
+           "prior_mc_curve", "denoise_sweep", "estimator_convergence"}
+HEADLINE = ["train.vae", "train.direct", "ais.vae", "ais.direct", "ais.gap", "iwae.vae", "iwae.direct", "iwae.gap",
+            "neg_elbo.vae", "prior.direct"]
 STAGES = ["download", "preprocess", "train_vae", "train_direct", "evaluate", "visualize"]
 SMALL = {  # every stage runs for real, on little data
     "preprocess": {"train_limit": 600, "test_limit": 300},
@@ -29,7 +32,8 @@ SMALL = {  # every stage runs for real, on little data
     "train_direct": {"epochs": 2, "batch_size": 64},
     "evaluate": {"prior_mc_samples": 500, "prior_mc_curve": [10, 100], "search_candidates": 500,
                  "denoise_images": 40, "iwae_samples": 100, "iwae_images": 300, "encoder_epochs": 2,
-                 "classifier_epochs": 1, "fid_samples": 200, "silhouette_points": 100},
+                 "classifier_epochs": 1, "fid_samples": 200, "silhouette_points": 100, "ais_images": 30,
+                 "ais_chains": 4, "ais_steps": 30, "ais_curve_steps": [10], "ais_curve_images": 10, "bdmc_images": 10},
     "visualize": {"search_candidates": 500, "tsne_points": 120},
     "device": "cpu",
 }
@@ -73,13 +77,17 @@ class Repo:
     def json(self, path: str) -> dict:
         return json.loads((self.path / path).read_text())
 
+    def json_at(self, rev: str, path: str) -> dict:
+        return json.loads(self.run("git", "show", f"{rev}:{path}"))
+
 
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", output))
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, synthetic_dir):
+def base(tmp_path_factory, synthetic_dir):
+    """A repository after one full `dvc repro`; tests read it and never change it."""
     path = tmp_path_factory.mktemp("pipeline")
     for item in ("src", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
         copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
@@ -92,10 +100,23 @@ def repo(tmp_path_factory, synthetic_dir):
         repo.set_params(data={"mirrors": [server.url]}, **SMALL)
         repo.commit("pipeline")
         repo.first_run = repo.dvc("repro")
+        repo.commit("repro")  # dvc.lock and the small outputs, as a user commits them
         yield repo
 
 
-def test_repro_runs_the_six_stages_and_writes_every_output(repo):
+@pytest.fixture
+def repo(base, tmp_path):
+    """A copy of the base repository for one test to change (DVC's run state is left behind: it holds
+    absolute paths; the copy's MLflow store is its own, its experiment's artifacts stay the base's)."""
+    path = tmp_path / "repo"
+    shutil.copytree(base.path, path, symlinks=True, ignore=lambda d, names: ["tmp"] if d.endswith(".dvc") else [])
+    copy = Repo(path)
+    copy.first_run = base.first_run
+    return copy
+
+
+def test_repro_runs_the_six_stages_and_writes_every_output(base):
+    repo = base
     assert ran_stages(repo.first_run) == set(STAGES)
     p = repo.path
     assert sorted(f.name for f in (p / "data/raw").iterdir()) == sorted(
@@ -109,13 +130,23 @@ def test_repro_runs_the_six_stages_and_writes_every_output(repo):
     assert not list(p.rglob("*.tmp")), "a temporary file was left behind"
 
 
-def test_metrics_hold_every_key(repo):
-    assert set(repo.json("metrics/train_vae.json")) == {"rec", "kl", "neg_elbo", "seconds_per_epoch"}
-    assert set(repo.json("metrics/train_direct.json")) == {"nll", "seconds_per_epoch"}
-    ev = repo.json("metrics/evaluate.json")
+def test_metrics_hold_every_key(base):
+    repo = base
+    assert repo.json("metrics/train_vae.json") == {"train": {"vae": pytest.approx(
+        pd.read_csv(repo.path / "plots/train_vae.csv")["neg_elbo"].iloc[-1], rel=1e-5)}}
+    assert set(repo.json("metrics/train_direct.json")["train"]) == {"direct"}
+    head, ev = repo.json("metrics/evaluate.json"), repo.json("metrics/evaluate_details.json")
+    assert head == {"ais": {"vae": ev["vae"]["test"]["ais_nll"], "direct": ev["direct"]["test"]["ais_nll"],
+                            "gap": ev["gap"]["ais"]["mean"]},
+                    "iwae": {"vae": ev["vae"]["test"]["iwae_nll"], "direct": ev["direct"]["test"]["iwae_nll"],
+                             "gap": ev["gap"]["iwae"]["mean"]},
+                    "neg_elbo": {"vae": ev["vae"]["test"]["neg_elbo"]},
+                    "prior": {"direct": ev["direct"]["test"]["prior_mc_nll"]}}
     assert set(ev["vae"]["test"]) == {"neg_elbo", "rec", "kl", "prior_mc_nll", "iwae_nll", "iwae_nll_se",
-                                      "iwae_nll_posthoc", "excess"}
-    assert set(ev["direct"]["test"]) == {"prior_mc_nll", "train_draws_nll", "iwae_nll", "iwae_nll_se", "excess"}
+                                      "iwae_nll_posthoc", "ais_nll", "ais_nll_se", "excess"}
+    assert set(ev["direct"]["test"]) == {"prior_mc_nll", "train_draws_nll", "iwae_nll", "iwae_nll_se", "ais_nll",
+                                         "ais_nll_se", "excess"}
+    assert set(ev["gap"]) == set(ev["verdict"]) == {"ais", "iwae", "prior_mc"} and set(ev["bdmc"]) == {"vae", "direct"}
     for fit in ("vae", "direct"):
         assert set(ev["latent"][fit]) == {"knn_accuracy", "silhouette"}
         assert ev["samples"][fit]["fid"] > ev["samples"]["data_fid"] >= 0
@@ -123,26 +154,26 @@ def test_metrics_hold_every_key(repo):
     # the order the math guarantees: floor < IWAE NLL <= -ELBO
     floor = ev["data"]["test"]["entropy_floor"]
     assert floor < ev["vae"]["test"]["iwae_nll"] <= ev["vae"]["test"]["neg_elbo"]
-    assert ev["vae"]["test"]["excess"] == pytest.approx(ev["vae"]["test"]["iwae_nll"] - floor)
     report = (repo.path / "metrics/report.md").read_text()
-    assert "| IWAE NLL" in report and f"{ev['direct']['test']['iwae_nll']:.2f}" in report
+    assert report.splitlines()[2].startswith("**The ") and f"{ev['direct']['test']['ais_nll']:.2f}" in report
     assert list(pd.read_csv(repo.path / "plots/prior_mc.csv")["samples"]) == [10, 100, 500]
+    assert set(pd.read_csv(repo.path / "plots/estimators.csv")["estimator"]) == {"prior", "iwae", "ais"}
     assert len(pd.read_csv(repo.path / "plots/denoise.csv")) == 5
     assert set(ev["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
-    for entry in ev["denoise"].values():
-        assert set(entry) >= {"vae_bce", "direct_bce"}
-    assert ev["data"]["test"]["entropy_floor"] < ev["vae"]["test"]["neg_elbo"]
     vae = pd.read_csv(repo.path / "plots/train_vae.csv")
-    assert list(vae["epoch"]) == [1, 2] and {"rec", "kl", "neg_elbo"} <= set(vae.columns)
+    assert list(vae["epoch"]) == [1, 2] and {"rec", "kl", "neg_elbo", "seconds"} <= set(vae.columns)
     assert list(pd.read_csv(repo.path / "plots/train_direct.csv")["epoch"]) == [1, 2]
 
 
-def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
+def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
+    repo = base
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("latentfit")
     assert experiment.artifact_location == (repo.path / "mlartifacts").as_uri()
+    # MLflow 3's UI opens an experiment by its kind: on the runs table, not the GenAI traces overview
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags["stage"] == "pipeline"]
     runs = [r for r in runs if r is not parent]
@@ -152,7 +183,7 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
     for tag in ("dvc_exp", "git_commit", "dataset"):
         assert all(r.data.tags[tag] == parent.data.tags[tag] for r in runs)
     assert parent.data.metrics["evaluate.vae.test.iwae_nll"] == pytest.approx(
-        repo.json("metrics/evaluate.json")["vae"]["test"]["iwae_nll"])
+        repo.json("metrics/evaluate_details.json")["vae"]["test"]["iwae_nll"])
     by_stage = {r.data.tags["stage"]: r for r in runs}
     for stage, columns in (("train_vae", ["rec", "kl", "neg_elbo"]), ("train_direct", ["nll"])):
         csv = pd.read_csv(repo.path / f"plots/{stage}.csv")
@@ -162,7 +193,7 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(repo):
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(csv[column]), rel=1e-5)
     assert by_stage["train_vae"].data.params["train_vae.epochs"] == "2"
     assert by_stage["evaluate"].data.metrics["vae.test.neg_elbo"] == pytest.approx(
-        repo.json("metrics/evaluate.json")["vae"]["test"]["neg_elbo"])
+        repo.json("metrics/evaluate_details.json")["vae"]["test"]["neg_elbo"])
     artifacts = {a.path for a in client.list_artifacts(by_stage["visualize"].info.run_id, "figures")}
     assert artifacts == {f"figures/{name}.png" for name in FIGURES}
     assert_models_load_back(client.tracking_uri, by_stage, repo.path)
@@ -199,7 +230,6 @@ def test_changing_direct_epochs_reruns_only_what_depends_on_it(repo):
 
 
 def test_exp_run_and_exp_show(repo):
-    repo.commit("direct epochs 3")
     out = repo.dvc("exp", "run", "-n", "e2e-exp", "-S", "train_vae.epochs=3")
     assert ran_stages(out) == {"train_vae", "evaluate", "visualize"}
     shown = json.loads(repo.dvc("exp", "show", "--json"))
@@ -207,12 +237,23 @@ def test_exp_run_and_exp_show(repo):
     exp = next(e for e in exps if e.get("name") == "e2e-exp")["revs"][0]["data"]
     assert exp["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == 3
     metrics = exp["metrics"]
-    assert metrics["metrics/train_vae.json"]["data"]["neg_elbo"] > 0
-    assert "prior_mc_nll" in metrics["metrics/evaluate.json"]["data"]["direct"]["test"]
-    assert metrics["metrics/train_direct.json"]["data"]["nll"] > 0
-    table = repo.dvc("exp", "show", "--no-pager", "--md")
-    for column in ("train_vae.epochs", "neg_elbo", "vae.test.prior_mc_nll", "direct.test.prior_mc_nll", "nll"):
-        assert column in table
+    assert set(metrics) == {"metrics/train_vae.json", "metrics/train_direct.json", "metrics/evaluate.json"}
+    assert metrics["metrics/train_vae.json"]["data"]["train"]["vae"] > 0
+    assert metrics["metrics/evaluate.json"]["data"]["ais"]["gap"] == pytest.approx(
+        repo.json("metrics/evaluate_details.json")["gap"]["ais"]["mean"])
+
+    # what a person sees: `dvc exp show` with no flags in a 160-column terminal holds the headline
+    repo.env["COLUMNS"] = "160"
+    try:
+        table = repo.dvc("exp", "show", "--no-pager")
+    finally:
+        del repo.env["COLUMNS"]
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 160, table
+    header = " ".join(lines[:4])
+    missing = [column for column in HEADLINE if column not in header]
+    assert not missing, f"headline columns {missing} not shown:\n{table}"
+    assert "e2e-exp" in table
 
     from mlflow.tracking import MlflowClient
 
@@ -222,10 +263,27 @@ def test_exp_run_and_exp_show(repo):
     assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
 
 
+def test_a_module_only_preprocess_imports_marks_preprocess_and_downstream_changed(repo):
+    prepare = repo.path / "src/latentfit/prepare.py"
+    prepare.write_text(prepare.read_text().replace("div_(255.0)", "div_(256.0)"))
+    status = repo.dvc("status")
+    changed = set(re.findall(r"^(\w+):", status, flags=re.MULTILINE))
+    assert changed == {"preprocess"}, status  # dvc status names the stage whose own deps changed ...
+    out = repo.dvc("repro")  # ... and repro carries the change downstream: every later stage re-runs
+    assert ran_stages(out) == set(STAGES) - {"download"}
+    assert repo.json("metrics/evaluate.json") != repo.json_at("HEAD", "metrics/evaluate.json")
+
+
+def test_a_figure_change_reruns_only_visualize(repo):
+    figures = repo.path / "src/latentfit/figures.py"
+    figures.write_text(figures.read_text().replace('ax.grid(alpha=0.3)', 'ax.grid(alpha=0.4)', 1))
+    assert set(re.findall(r"^(\w+):", repo.dvc("status"), flags=re.MULTILINE)) == {"visualize"}
+    assert ran_stages(repo.dvc("repro")) == {"visualize"}
+
+
 def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     import time
 
-    repo.commit("after exp run")  # epochs 1 and 4 are new: a rerun of known params would come from the run cache
     for name, epochs in (("q-one", 1), ("q-two", 4)):
         repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"train_vae.epochs={epochs}")
     repo.dvc("queue", "start", "-j", "2")
@@ -306,11 +364,10 @@ def test_a_shared_tracking_server_gets_the_runs_and_models(repo, mlflow_server):
     run = by_stage["train_direct"]
     assert run.data.tags["mlflow.parentRunId"] == by_stage["pipeline"].info.run_id
     assert run.data.params["train_direct.seed"] == "7" and run.data.tags["git_commit"] != "unknown"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "nll")] == [1, 2, 3]
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"train_direct.csv", "direct.pt"}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "nll")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "train_direct.csv" in artifacts and "direct.pt" not in artifacts, "the model is logged once, as a model"
     assert_models_load_back(mlflow_server, by_stage, repo.path)
-    repo.run("git", "checkout", "-q", "--", ".")  # back to the committed workspace for the next tests
-    repo.dvc("checkout", "--force")
 
 
 def test_a_local_remote_round_trip_leaves_a_second_clone_up_to_date(repo, tmp_path):
