@@ -53,7 +53,7 @@ def fitted():
 def test_evaluate_reports_the_headline_from_its_own_metrics(fitted):
     *_, result, logged = fitted
     m, head = result.metrics, result.headline
-    assert set(head) == {"ais", "iwae", "neg_elbo", "prior"}
+    assert set(head) == {"ais", "iwae", "nelbo", "prior"}
     for est, key in (("ais", "ais_nll"), ("iwae", "iwae_nll")):
         assert head[est]["vae"] == m["vae"]["test"][key] and head[est]["direct"] == m["direct"]["test"][key]
         # the gap is paired over the same images, so its mean is the difference of the means

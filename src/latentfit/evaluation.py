@@ -168,7 +168,7 @@ def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: di
                         "gap": metrics["gap"]["ais"]["mean"]},
                 "iwae": {"vae": metrics["vae"]["test"]["iwae_nll"], "direct": metrics["direct"]["test"]["iwae_nll"],
                          "gap": metrics["gap"]["iwae"]["mean"]},
-                "neg_elbo": {"vae": metrics["vae"]["test"]["neg_elbo"]},
+                "nelbo": {"vae": metrics["vae"]["test"]["neg_elbo"]},
                 "prior": {"direct": metrics["direct"]["test"]["prior_mc_nll"]}}
     prior_curve = [{"samples": m, "vae": -prior["vae"][m].mean().item(), "direct": -prior["direct"][m].mean().item()}
                    for m in sorted(prior["vae"])]
