@@ -29,7 +29,7 @@ from latentfit.inference import prior_search
 from latentfit.models import VAE, Decoder
 from latentfit.training import fit_direct, fit_vae, make_optimizer
 
-AIS_IMAGES, AIS_CHAINS = 20, 8
+AIS_IMAGES, AIS_CHAINS = 100, 8  # one batch of the evaluate stage (ais_batch_size)
 
 
 def load_train(path: str, device: str) -> torch.Tensor:
@@ -75,7 +75,7 @@ def setup(case: str, impl: str, x: torch.Tensor, device: str):
             return lambda: reference.iwae_nll(model, images, 1000)
         model = VAE().to(device)
         return lambda: iwae_nll(model, images, 1000, g)
-    if case == "ais":  # 20 test-sized images, 8 chains each, 300 distributions x 5 leapfrog steps
+    if case == "ais":  # 100 test images, 8 chains each, 300 distributions x 5 leapfrog steps
         images = x[:AIS_IMAGES]
         if impl == "reference":
             model = reference.NotebookDecoder().to(device)
