@@ -110,6 +110,7 @@ def curve_figures(histories: dict[str, pd.DataFrame], curves: dict[str, pd.DataF
     """The training histories and the evaluate stage's curves."""
     return {"training_curves": figures.training_curves(histories["vae"], histories["direct"]),
             "prior_mc_curve": figures.prior_mc_curve(
-                curves["prior_mc"], {name: evaluated[name]["test"]["iwae_nll"] for name in ("vae", "direct")}),
+                curves["prior_mc"], {name: evaluated[name]["test"]["iwae_nll"] for name in ("vae", "direct")},
+                f"IWAE (first {evaluated['gap']['iwae']['images']} images)"),
             "denoise_sweep": figures.denoise_sweep(curves["denoise"]),
             "estimator_convergence": figures.estimator_convergence(curves["estimators"])}

@@ -90,12 +90,12 @@ def training_curves(vae: pd.DataFrame, direct: pd.DataFrame) -> Figure:
     return fig
 
 
-def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float]) -> Figure:
+def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float], iwae_label: str = "IWAE") -> Figure:
     """The prior-sampling NLL estimate against the number of draws M, beside each fit's IWAE NLL."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, name in enumerate(("vae", "direct")):
         ax.plot(curve["samples"], curve[name], "o-", color=f"C{i}", label=f"{name}: prior sampling")
-        ax.axhline(iwae[name], color=f"C{i}", ls="--", label=f"{name}: IWAE")
+        ax.axhline(iwae[name], color=f"C{i}", ls="--", label=f"{name}: {iwae_label}")
     ax.set_xscale("log")
     ax.set_xlabel("prior draws M")
     ax.set_ylabel("test NLL (nats/image)")
