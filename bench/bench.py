@@ -130,7 +130,13 @@ def measure(case: str, impl: str, args: argparse.Namespace) -> tuple[float, int]
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(case, impl, args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a case that crashes says so instead of leaving the parent waiting
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - queue.Empty: still running, or dead
+            if not proc.is_alive():
+                raise RuntimeError(f"bench case {case} ({impl}) exited with code {proc.exitcode}") from None
     proc.join()
     return result
 

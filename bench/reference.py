@@ -97,7 +97,7 @@ def ais_nll(model, x, chains, steps, leapfrog, step_size=0.05):
     binary_cross_entropy, the gradient by autograd at every leapfrog step, one fixed step size.
     The same number of chains, distributions and leapfrog steps as the project's case."""
     y = x.repeat(chains, 1)
-    z = torch.randn(len(y), model.dec1.in_features)
+    z = torch.randn(len(y), model.dec1.in_features, device=x.device)
 
     def log_lik(z):
         probs = torch.sigmoid(model.dec2(F.relu(model.dec1(z))))
@@ -108,8 +108,8 @@ def ais_nll(model, x, chains, steps, leapfrog, step_size=0.05):
         value = log_lik(z)
         return value.detach(), torch.autograd.grad(value.sum(), z)[0]
 
-    betas = torch.linspace(0, 1, steps + 1)
-    log_w, (ll, grad) = torch.zeros(len(y)), grad_log_lik(z)
+    betas = torch.linspace(0, 1, steps + 1).tolist()
+    log_w, (ll, grad) = torch.zeros(len(y), device=x.device), grad_log_lik(z)
     for t in range(1, steps + 1):
         log_w += (betas[t] - betas[t - 1]) * ll
         beta = betas[t]
@@ -121,6 +121,6 @@ def ais_nll(model, x, chains, steps, leapfrog, step_size=0.05):
             p = p + (step_size if i < leapfrog - 1 else 0.5 * step_size) * (beta * gn - zn)
         h0 = 0.5 * (p0.pow(2).sum(-1) + z.pow(2).sum(-1)) - beta * ll
         h1 = 0.5 * (p.pow(2).sum(-1) + zn.pow(2).sum(-1)) - beta * lln
-        accept = torch.rand(len(y)).log() < (h0 - h1)
+        accept = torch.rand(len(y), device=x.device).log() < (h0 - h1)
         z, ll, grad = torch.where(accept[:, None], zn, z), torch.where(accept, lln, ll), torch.where(accept[:, None], gn, grad)
     return -(torch.logsumexp(log_w.view(chains, -1), 0) - math.log(chains)).mean()
