@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .estimators import standard_error
 from .models import Decoder
 
 TARGET_ACCEPT = 0.65
@@ -69,8 +70,9 @@ class _Target:
 
     Written out for f(z) = B ReLU(A z + a) + b rather than through autograd: the gradient is
     (y - sigmoid(f)) B, masked by the ReLU, times A. With softplus(l) = max(l, 0) - log sigmoid(|l|)
-    (torch's vectorised sigmoid and log are several times faster on the CPU than its softplus), a
-    step costs about half of what autograd's does; tests check both against autograd.
+    (torch's vectorised sigmoid and log are several times faster on the CPU than its softplus). On the
+    CPU a step then costs about what autograd's does (both are bound by the same two matrix products);
+    on a GPU it takes about half (bench/results-cuda.md). A test checks both against autograd.
     """
 
     def __init__(self, decoder: Decoder, y: torch.Tensor):
@@ -189,9 +191,9 @@ def simulate(decoder: Decoder, n: int, generator: torch.Generator,
     return torch.bernoulli(torch.sigmoid(decoder(z)), generator=generator), z
 
 
-def batched(fn, x: torch.Tensor, *extra: torch.Tensor, batch_size: int, **kwargs) -> torch.Tensor:
+def batched(fn, x: torch.Tensor, *extra: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Apply a per-image estimator to `x` (and row-aligned `extra` tensors) `batch_size` images at a time."""
-    parts = [fn(*chunk, **kwargs) for chunk in zip(x.split(batch_size), *(e.split(batch_size) for e in extra))]
+    parts = [fn(*chunk) for chunk in zip(x.split(batch_size), *(e.split(batch_size) for e in extra))]
     return torch.cat(parts)
 
 
@@ -207,4 +209,4 @@ def bdmc(decoder: Decoder, n: int, *, chains: int, schedule: Schedule, generator
                                                           generator=generator), y, z, batch_size=batch_size)
     gap = reverse - forward
     return {"upper_nll": -forward.mean().item(), "lower_nll": -reverse.mean().item(), "gap": gap.mean().item(),
-            "gap_se": (gap.std() / math.sqrt(n)).item() if n > 1 else 0.0}
+            "gap_se": standard_error(gap)}

@@ -74,9 +74,9 @@ def iwae_log_prob_curve(model: VAE, y: torch.Tensor, ks: list[int], generator: t
     mu, logvar = model.encoder(y)
     std, per_chunk = torch.exp(0.5 * logvar), max(1, rows // len(y))
     ks = sorted(set(ks))
-    edges = sorted(set(range(0, ks[-1], per_chunk)) | set(ks))
+    edges = sorted(set(range(0, ks[-1], per_chunk)) | set(ks))  # starts at 0
     running, out = torch.full((len(y),), -torch.inf, device=y.device), {}
-    for start, end in itertools.pairwise([0, *[e for e in edges if e > 0]]):
+    for start, end in itertools.pairwise(edges):
         eps = torch.randn(end - start, *mu.shape, generator=generator, device=y.device)
         z = mu + std * eps
         log_w = log_importance_weights(y, model.decoder(z), z, mu, logvar)

@@ -4,6 +4,7 @@ Nothing here draws figures; every random draw comes from a passed generator."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,7 +210,7 @@ def estimator_curves(decoders: dict[str, Decoder], x: torch.Tensor, prior: dict,
         lengths = {steps: None for steps in p.ais_curve_steps}
         lengths[p.ais_steps] = ais[name][:n]
         for steps, log_p in sorted(lengths.items()):
-            schedule = Schedule(steps=steps, leapfrog=p.ais_leapfrog, beta_min=p.ais_beta_min)
+            schedule = dataclasses.replace(ais_schedule(p), steps=steps)
             if log_p is None:
                 log_p = ais_log_prob(dec, x, chains=p.ais_chains, schedule=schedule, generator=g)
             rows.append({"estimator": "ais", "fit": name, "cost": schedule.likelihood_evaluations(p.ais_chains),
