@@ -45,7 +45,7 @@ def tracking_uri() -> str:
 EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
-def _use_experiment(name: str, artifacts: Path | None) -> str:
+def use_experiment(name: str, artifacts: Path | None) -> str:
     """Select the experiment and return its id. A new one keeps its artifacts in `artifacts` when given:
     beside the default store, never in the temporary copy a queued experiment runs in."""
     import mlflow
@@ -73,9 +73,19 @@ def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
         commit = "unknown"
     # Plain `dvc repro` sets no experiment name: the commit plus the params identify the execution.
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return {"stage": stage, "dvc_exp": exp or "workspace", "git_commit": commit,
+    tags = {"stage": stage, "dvc_exp": exp or "workspace", "git_commit": commit,
             "pipeline": exp or f"workspace-{commit[:8]}-{digest}",
             "dataset": str(params.get("data.dataset", ""))}
+    return tags | sweep_tags()
+
+
+# `latentfit sweep` tells a run's stages which sweep, grid point and seed it belongs to.
+SWEEP_ENV = {"sweep": "LATENTFIT_SWEEP", "sweep_point": "LATENTFIT_SWEEP_POINT", "sweep_seed": "LATENTFIT_SWEEP_SEED"}
+SWEEP_PARENT_ENV = "LATENTFIT_SWEEP_PARENT"  # the id of the sweep's MLflow run
+
+
+def sweep_tags() -> dict[str, str]:
+    return {tag: os.environ[var] for tag, var in SWEEP_ENV.items() if os.environ.get(var)}
 
 
 PARENT = "pipeline"  # the `stage` tag of a pipeline execution's parent run
@@ -186,7 +196,7 @@ def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bo
         def start() -> None:
             mlflow.set_tracking_uri(uri)
             artifacts = repo_root() / "mlartifacts" if default_store else None
-            run.parent_id = _parent_run(_use_experiment(experiment, artifacts), tags, params)
+            run.parent_id = _parent_run(use_experiment(experiment, artifacts), tags, params)
             mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags, parent_run_id=run.parent_id)
             mlflow.log_params(_loggable(params))
 
@@ -222,7 +232,8 @@ def _loggable(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parent_run(experiment_id: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-    """The id of this pipeline execution's parent run, created by its first stage."""
+    """The id of this pipeline execution's parent run, created by its first stage (under the sweep's
+    run when `latentfit sweep` started it)."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -230,7 +241,8 @@ def _parent_run(experiment_id: str, tags: dict[str, str], params: dict[str, Any]
                                max_results=1)
     if found:
         return found[0].info.run_id
-    parent = client.create_run(experiment_id, run_name=tags["pipeline"], tags=tags | {"stage": PARENT})
+    nest = {"mlflow.parentRunId": os.environ[SWEEP_PARENT_ENV]} if os.environ.get(SWEEP_PARENT_ENV) else {}
+    parent = client.create_run(experiment_id, run_name=tags["pipeline"], tags=tags | {"stage": PARENT} | nest)
     mlflow.log_params(_loggable(params), run_id=parent.info.run_id)
     return parent.info.run_id
 

@@ -1,0 +1,1 @@
+"""Sweeps of the pipeline over grids x seeds on Ray (`latentfit sweep`)."""

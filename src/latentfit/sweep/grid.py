@@ -1,0 +1,173 @@
+"""A sweep's runs: `-S key=v1,v2` grids (the syntax of `dvc exp run -S`) times training seeds, each
+run a DVC experiment with a deterministic name, checked against params.yaml before anything runs."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..config import parse_params
+from ..errors import ParamsError
+
+# The params a replicate changes: both fits' training seeds, and the seeds of the estimators and
+# figures computed from them, so replicates share no random draw.
+SEED_KEYS = ("train_vae.seed", "train_direct.seed", "evaluate.seed", "visualize.seed")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of the grid with one seed: a DVC experiment."""
+
+    name: str
+    point: tuple[tuple[str, Any], ...]  # the swept values, in the order of the -S options
+    seed: int
+    fixed: tuple[tuple[str, Any], ...] = field(default=())  # -S key=value options with one value
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Every param this run sets on top of the committed params.yaml."""
+        return dict(self.fixed) | dict(self.point) | {key: self.seed for key in SEED_KEYS}
+
+    @property
+    def point_label(self) -> str:
+        return ",".join(f"{k}={format_value(v)}" for k, v in self.point) or "default"
+
+    def set_args(self) -> list[str]:
+        """`-S key=value` options for `dvc exp run`."""
+        return [arg for k, v in self.overrides.items() for arg in ("-S", f"{k}={format_value(v)}")]
+
+
+def format_value(value: Any) -> str:
+    """A value as `-S` and YAML read it back: lists in brackets, booleans in lower case."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def parse_value(text: str) -> Any:
+    """One value as YAML reads it, with numbers YAML 1.1 leaves as strings (1e-3) read as numbers."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ParamsError(f"cannot read the value {text!r}: {err}") from err
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _split_values(text: str) -> list[str]:
+    """`1,2,[3,4]` -> ['1', '2', '[3,4]']: commas inside brackets belong to a list value."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return items + [current]
+
+
+def parse_set(option: str) -> tuple[str, list[Any]]:
+    """`-S model.z_dim=2,5,20` -> ('model.z_dim', [2, 5, 20]); `range(0,10,5)` as in Hydra (end excluded)."""
+    key, sep, text = option.partition("=")
+    key = key.strip()
+    if not sep or not key or not text.strip():
+        raise ParamsError(f"-S {option!r}: write -S section.key=value or -S section.key=v1,v2,v3")
+    text = text.strip()
+    ranged = re.fullmatch(r"range\((-?\d+),\s*(-?\d+)(?:,\s*(-?\d+))?\)", text)
+    if ranged:
+        start, stop, step = (int(g) if g else 1 for g in ranged.groups())
+        values = list(range(start, stop, step))
+    else:
+        choice = re.fullmatch(r"choice\((.*)\)", text)
+        values = [parse_value(v) for v in _split_values(choice.group(1) if choice else text)]
+    if not values:
+        raise ParamsError(f"-S {option!r} gives no values")
+    if len(set(map(format_value, values))) < len(values):
+        raise ParamsError(f"-S {option!r} repeats a value")
+    return key, values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0-4` -> [0, 1, 2, 3, 4]; `0,3,7` -> [0, 3, 7]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+    except ValueError:
+        raise ParamsError(f"--seeds {text!r}: write a range such as 0-4 or a list such as 0,1,2") from None
+    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise ParamsError(f"--seeds {text!r}: give distinct non-negative seeds, such as 0-4")
+    return seeds
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """The last part of each key for run names, the whole key where two swept keys share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def run_name(sweep: str, point: tuple[tuple[str, Any], ...], seed: int, short: dict[str, str]) -> str:
+    parts = [sweep] + [f"{short[k]}={format_value(v)}" for k, v in point] + [f"seed={seed}"]
+    return re.sub(r"[^A-Za-z0-9_.=,-]", "_", "-".join(parts))
+
+
+def plan(sweep: str, sets: list[str], seeds: list[int], params: dict[str, Any]) -> list[Run]:
+    """Every run of the sweep, each checked against `params` (the committed params.yaml, parsed) with
+    its overrides applied: a bad key or value raises ParamsError naming the option, before anything runs."""
+    if not _NAME.match(sweep):
+        raise ParamsError(f"--name {sweep!r}: use letters, digits, '.', '_' and '-' (a git ref name part)")
+    parsed = [parse_set(option) for option in sets]
+    keys = [k for k, _ in parsed]
+    if len(set(keys)) < len(keys):
+        raise ParamsError(f"-S sets one key twice: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}")
+    if clash := set(keys) & set(SEED_KEYS):
+        raise ParamsError(f"-S {min(clash)}: seeds are swept with --seeds, which sets {', '.join(SEED_KEYS)}")
+    swept = [(k, v) for k, v in parsed if len(v) > 1]
+    fixed = tuple((k, v[0]) for k, v in parsed if len(v) == 1)
+    short = _short_keys([k for k, _ in swept])
+    runs = []
+    for values in itertools.product(*(v for _, v in swept)):
+        point = tuple(zip((k for k, _ in swept), values))
+        for seed in seeds:
+            runs.append(Run(run_name(sweep, point, seed, short), point, seed, fixed))
+    for run in runs[:: len(seeds)]:  # one check per grid point: seeds are always valid
+        check_overrides(params, run.overrides)
+    return runs
+
+
+def check_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Apply `overrides` to a copy of `params` and validate the result as the stages will."""
+    merged = copy.deepcopy(params)
+    for key, value in overrides.items():
+        node, parts = merged, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ParamsError(f"-S {key}: params.yaml has no section '{part}'"
+                                  f" (sections: {', '.join(k for k, v in merged.items() if isinstance(v, dict))})")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ParamsError(f"-S {key}: params.yaml has no key '{parts[-1]}' in '{'.'.join(parts[:-1]) or 'the top level'}'"
+                              f" (keys there: {', '.join(node)})")
+        node[parts[-1]] = value
+    try:
+        parse_params(merged)
+    except ParamsError as err:
+        raise ParamsError(f"-S {format_overrides(overrides)}: {err}") from None
+
+
+def format_overrides(overrides: dict[str, Any]) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in overrides.items() if k not in SEED_KEYS)
