@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import LatentfitError, ParamsError
 from .grid import Run, format_overrides, plan
-from .worker import Outcome, Transport, run_experiment, tail
+from .worker import Outcome, Transport, push_run_cache_outputs, run_experiment, tail
 
 
 class SweepError(LatentfitError):
@@ -216,9 +216,13 @@ def publish_base(sweep: Sweep) -> None:
         return
     git(sweep.repo, "push", "--quiet", "--force", t.git_remote, f"{sweep.commit}:{t.base_ref}")
     pushed = dvc(sweep.repo, "push", "--run-cache", "--quiet", "-r", _remote_name(sweep))
+    try:
+        push_run_cache_outputs(sweep.repo, _remote_name(sweep))
+    except Exception as err:  # noqa: BLE001 - only costs the runs a recomputation
+        pushed = subprocess.CompletedProcess([], 1, "", str(err))
     if pushed.returncode != 0:
-        print(f"note: dvc push --run-cache did not complete ({pushed.stderr.strip()[-300:]}); "
-              "runs will recompute what is missing", file=sys.stderr)
+        print(f"note: this repository's outputs and run cache did not all reach the DVC remote "
+              f"({pushed.stderr.strip()[-300:]}); runs will recompute what is missing", file=sys.stderr)
 
 
 def _remote_name(sweep: Sweep) -> str:
@@ -376,8 +380,7 @@ def _land(sweep: Sweep, outcome: Outcome) -> Outcome:
     """Remote mode: fetch the experiment (refs, outputs, run cache) into this repository."""
     if sweep.transport.shared_cache:
         return outcome
-    pulled = dvc(sweep.repo, "exp", "pull", "--run-cache", "-r", _remote_name(sweep), sweep.transport.git_remote,
-                 outcome.name)
+    pulled = dvc(sweep.repo, "exp", "pull", "-r", _remote_name(sweep), sweep.transport.git_remote, outcome.name)
     if pulled.returncode == 0 and outcome.name in landed(sweep.repo, sweep.commit):
         return outcome
     return Outcome(outcome.name, False, outcome.node, outcome.log, outcome.seconds,

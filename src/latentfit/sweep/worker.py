@@ -84,6 +84,26 @@ def _step(args: list[str], cwd: Path, env: dict[str, str], log) -> None:
         raise StepFailed(f"`{' '.join(args[:4])} ...` exited with {code}")
 
 
+def push_run_cache_outputs(clone: Path, remote: str) -> int:
+    """Push the files of every run-cache entry of `clone` to the DVC remote, the uncached ones included.
+
+    `dvc push --run-cache` sends the entries but not the files of outputs marked `cache: false` (the
+    metrics JSON of a training stage), which DVC keeps only in the local cache; a run on another node
+    then finds the entry, misses a file, and recomputes the stage. Returns the number of files sent."""
+    import yaml
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    with Repo(str(clone)) as repo:
+        runs = Path(repo.stage_cache.cache_dir)
+        objs = {HashInfo("md5", out["md5"]) for entry in runs.rglob("*") if entry.is_file()
+                for out in (yaml.safe_load(entry.read_text()) or {}).get("outs", [])
+                # single files only: a directory's .dir listing on the remote tells DVC that all of its
+                # files are there, so it must arrive with them, through dvc push
+                if out.get("md5") and not out["md5"].endswith(".dir")}
+        return len(repo.cloud.push(objs, remote=remote).transferred)
+
+
 def run_environment(base: dict[str, str], clone: Path) -> dict[str, str]:
     """The environment of a run's commands: this Python's tools first, the clone's own package (not
     whatever checkout is installed on this node), and no leftovers of an enclosing DVC run."""
@@ -95,12 +115,22 @@ def run_environment(base: dict[str, str], clone: Path) -> dict[str, str]:
     return env
 
 
+def _node() -> str:
+    """This machine's name and its Ray node id (several simulated nodes share one machine's name)."""
+    try:
+        import ray
+
+        return f"{socket.gethostname()} (node {ray.get_runtime_context().get_node_id()[:8]})"
+    except Exception:  # noqa: BLE001 - outside Ray
+        return socket.gethostname()
+
+
 def run_experiment(run: Run, commit: str, transport: Transport, env: dict[str, str], log_path: str,
                    workdir: str | None = None, events: Any = None, identity: tuple[str, str] = ("", ""),
                    after: Any = None) -> Outcome:
     """Run one experiment in a fresh clone; return what happened (errors are reported, not raised).
     `after` only orders the task: Ray starts it once the runs it names have finished."""
-    start, node = time.time(), socket.gethostname()
+    start, node = time.time(), _node()
     log_file = Path(log_path)
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +167,12 @@ def run_experiment(run: Run, commit: str, transport: Transport, env: dict[str, s
                 push.append("--run-cache")
             pull = [] if transport.shared_cache else ["--pull"]  # outputs restored from the run cache
             _step([*dvc, "exp", "run", *pull, "-n", run.name, *run.set_args()], clone, environ, log)
+            if not transport.shared_cache:
+                try:
+                    sent = push_run_cache_outputs(clone, "sweep")
+                    log.write(f"\npushed {sent} run-cache file(s) that dvc push leaves out\n")
+                except Exception as err:  # noqa: BLE001 - only costs other runs a recomputation
+                    log.write(f"\nwarning: run-cache files not pushed ({err}); other runs may recompute a stage\n")
             _step([*push, transport.git_remote, run.name], clone, environ, log)
             log.write(f"=== landed in {time.time() - start:.0f} s\n")
         return Outcome(run.name, True, node, str(log_file), time.time() - start)
