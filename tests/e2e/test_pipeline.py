@@ -84,6 +84,18 @@ class Repo:
         return json.loads(self.run("git", "show", f"{rev}:{path}"))
 
 
+def new_repo(path: Path) -> Repo:
+    """A git + DVC repository at `path` with this checkout's pipeline (nothing committed yet)."""
+    for item in ("src", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
+        copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
+        copy(ROOT / item, path / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    repo = Repo(path)
+    repo.run("git", "init", "-q")
+    repo.dvc("init", "-q")
+    repo.dvc("config", "core.analytics", "false")
+    return repo
+
+
 def show_in_terminal(repo: Repo, args: list[str], columns: int = 160, rows: int = 50, timeout: float = 120) -> str:
     """Run `args` in a pseudo-terminal of `columns` x `rows`, as a person would in a terminal window
     (so DVC pipes a table through its pager, less -S); quit the pager and return the screen's text."""
@@ -125,14 +137,7 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, synthetic_dir):
     """A repository after one full `dvc repro`; tests read it and never change it."""
-    path = tmp_path_factory.mktemp("pipeline")
-    for item in ("src", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
-        copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
-        copy(ROOT / item, path / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
-    repo = Repo(path)
-    repo.run("git", "init", "-q")
-    repo.dvc("init", "-q")
-    repo.dvc("config", "core.analytics", "false")
+    repo = new_repo(tmp_path_factory.mktemp("pipeline"))
     with FileServer(synthetic_dir) as server:
         repo.set_params(data={"mirrors": [server.url]}, **SMALL)
         repo.commit("pipeline")

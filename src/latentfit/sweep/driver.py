@@ -195,16 +195,16 @@ def _transport(repo: Path, commit: str, options: Options) -> Transport:
     if subprocess.run(["git", "ls-remote", url], cwd=repo, capture_output=True, check=False).returncode != 0:
         raise SweepError(f"git remote {options.git_remote!r} cannot be reached: check its URL (git remote -v) "
                          "and that this machine can push to it")
-    remote_name = options.dvc_remote or dvc(repo, "remote", "default").stdout.strip()
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:  # DVC's own reading of its config: relative paths resolved
+        remotes, remote_name = dvc_repo.config["remote"], options.dvc_remote or dvc_repo.config["core"].get("remote")
     if not remote_name:
         raise SweepError("runs on other machines send their outputs through a DVC remote, and this repository has "
                          "none: add one with `dvc remote add -d storage <url>` (or pass --dvc-remote NAME)")
-    listed = dict(line.split(maxsplit=1) for line in dvc(repo, "remote", "list").stdout.splitlines() if line.strip())
-    if remote_name not in listed:
-        raise SweepError(f"DVC remote {remote_name!r} is not configured (dvc remote list: {', '.join(listed) or 'none'})")
-    dvc_url = listed[remote_name].split()[0]
-    if "://" not in dvc_url and not os.path.isabs(dvc_url):  # DVC stores local paths relative to .dvc/
-        dvc_url = os.path.normpath(repo / ".dvc" / dvc_url)
+    if remote_name not in remotes:
+        raise SweepError(f"DVC remote {remote_name!r} is not configured (dvc remote list: {', '.join(remotes) or 'none'})")
+    dvc_url = str(remotes[remote_name]["url"])
     return Transport(source=url, git_remote=url, base_ref=f"refs/sweeps/{options.name}", dvc_remote=dvc_url)
 
 
@@ -226,7 +226,10 @@ def publish_base(sweep: Sweep) -> None:
 
 
 def _remote_name(sweep: Sweep) -> str:
-    return sweep.options.dvc_remote or dvc(sweep.repo, "remote", "default").stdout.strip()
+    from dvc.repo import Repo
+
+    with Repo(str(sweep.repo)) as dvc_repo:
+        return sweep.options.dvc_remote or dvc_repo.config["core"]["remote"]
 
 
 def sweep_parent(sweep: Sweep) -> str | None:
@@ -273,6 +276,44 @@ def find_parent(repo: Path, name: str) -> tuple[str | None, str]:
         return (found[0].info.run_id if found else None), uri
     except Exception:  # noqa: BLE001 - the summary files do not need the store
         return None, uri
+
+
+def record_restored(sweep: Sweep, parent: str | None, name: str) -> None:
+    """Give a landed run that executed no stage (every output came from DVC's cache, so no stage logged
+    to MLflow) its pipeline run under the sweep, with the params and metrics of its experiment."""
+    if parent is None:
+        return
+    from ..config import parse_params, to_flat_dict
+    from ..tracking import PARENT, _flatten, _loggable, store_lock
+    from .summary import read_at
+
+    try:
+        import mlflow
+
+        with store_lock(sweep.tracking_uri):
+            client = mlflow.MlflowClient(sweep.tracking_uri)
+            exp_id = client.get_run(parent).info.experiment_id
+            query = f"tags.dvc_exp = '{name}' and tags.stage = '{PARENT}' and tags.sweep = '{sweep.options.name}'"
+            if client.search_runs([exp_id], query, max_results=1):
+                return
+            ref = exp_ref_prefix(sweep.commit) + name
+            run = next(r for r in sweep.runs if r.name == name)
+            tags = {"stage": PARENT, "dvc_exp": name, "pipeline": name, "git_commit": sweep.commit,
+                    "sweep": sweep.options.name, "sweep_point": run.point_label, "sweep_seed": str(run.seed),
+                    "mlflow.parentRunId": parent, "restored": "true",
+                    "mlflow.note.content": "No stage ran: DVC restored every output from its cache. The params and "
+                                           "metrics are those of the experiment's commit."}
+            created = client.create_run(exp_id, run_name=name, tags=tags)
+            params = yaml.safe_load(git(sweep.repo, "show", f"{ref}:params.yaml")) or {}
+            for key, value in _loggable(to_flat_dict(parse_params(params))).items():
+                client.log_param(created.info.run_id, key, value)
+            for stage, path in (("train_vae", "metrics/train_vae.json"), ("train_direct", "metrics/train_direct.json"),
+                                ("evaluate", "metrics/evaluate_details.json")):
+                for key, value in _flatten(read_at(sweep.repo, ref, path)).items():
+                    client.log_metric(created.info.run_id, f"{stage}.{key}", float(value))
+            client.set_terminated(created.info.run_id, "FINISHED")
+    except Exception as err:  # noqa: BLE001 - DVC is the source of truth; tracking is reported, not fatal
+        print(f"warning: could not record {name} in MLflow ({str(err).splitlines()[0]})", file=sys.stderr)
 
 
 def run_env(sweep: Sweep, run: Run, parent: str | None) -> dict[str, str]:
@@ -334,6 +375,8 @@ def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
                 outcome = _outcome(ref, name, sweep)
                 if outcome.ok:
                     outcome = _land(sweep, outcome)
+                if outcome.ok:
+                    record_restored(sweep, parent, name)
                 outcomes.append(outcome)
                 bar.write(_line(outcome))
                 bar.update(1)

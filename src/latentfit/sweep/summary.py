@@ -47,7 +47,7 @@ def seed_statistics(values: list[float], level: float = 0.95) -> dict[str, float
     return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
 
 
-def _read(repo: Path, ref: str, path: str) -> dict[str, Any]:
+def read_at(repo: Path, ref: str, path: str) -> dict[str, Any]:
     shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True, check=False)
     return json.loads(shown.stdout) if shown.returncode == 0 else {}
 
@@ -72,7 +72,7 @@ def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> pd.DataFrame:
         ref, files = exp_ref_prefix(commit) + run["name"], {}
         row = {"run": run["name"], "point": _label(run["point"]), **run["point"], "seed": run["seed"]}
         for metric, (_, path, keys) in METRICS.items():
-            files.setdefault(path, _read(repo, ref, path))
+            files.setdefault(path, read_at(repo, ref, path))
             row[metric] = _dig(files[path], keys)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -107,15 +107,15 @@ def verdict(point: str, stats: pd.DataFrame, metric: str = "ais.gap") -> str:
     spread = (f"95% interval {_num(lo)} to {_num(hi)}, sd {_num(s['sd'])} over {s['n']} seeds"
               if s["n"] > 1 else "one seed: no interval")
     unsure = " (the interval includes 0: no clear winner)" if s["n"] > 1 and s["lo"] <= 0 <= s["hi"] else ""
-    return f"the {better} is better by {abs(s['mean']):.2f} ± {_num((s['hi'] - s['mean']))} nats ({spread}){unsure}"
+    return f"the {better} is better by {abs(s['mean']):.2f} ± {_num(s['hi'] - s['mean'])} nats ({spread}){unsure}"
 
 
 def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, planned: int) -> str:
     lines = [f"# Sweep `{name}`", "",
-             f"Commit `{commit[:8]}`; {len(runs)} of {planned} planned runs landed. Every number is computed from "
-             "the experiments' own metrics (`dvc exp show`); across seeds: mean, sample standard deviation, and the "
-             "95% t-interval of the mean. NLLs are nats per test image (lower is better); a gap is the paired "
-             "per-seed difference direct - VAE.", ""]
+             (f"Commit `{commit[:8]}`; {len(runs)} of {planned} planned runs landed. Every number is computed from "
+              "the experiments' own metrics (`dvc exp show`); across seeds: mean, sample standard deviation, and the "
+              "95% t-interval of the mean. NLLs are nats per test image (lower is better); a gap is the paired "
+              "per-seed difference direct - VAE."), ""]
     for point in runs["point"].unique():
         seeds = ", ".join(map(str, sorted(runs[runs.point == point]["seed"])))
         lines += [f"## {point} (seeds {seeds})", "",

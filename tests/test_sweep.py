@@ -1,0 +1,125 @@
+"""The sweep's plan, ordering and statistics, without running a pipeline (tests/e2e/test_sweep.py runs them)."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from latentfit.errors import ParamsError
+from latentfit.sweep.driver import Options, SweepError, leaders, prepare, stage_params
+from latentfit.sweep.grid import SEED_KEYS, parse_seeds, parse_set, plan
+from latentfit.sweep.summary import seed_statistics
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def test_set_options_read_like_dvc_exp_run():
+    assert parse_set("model.z_dim=2,5,20") == ("model.z_dim", [2, 5, 20])
+    assert parse_set("train_vae.lr=1e-3,0.01") == ("train_vae.lr", [0.001, 0.01])  # YAML 1.1 leaves 1e-3 a string
+    assert parse_set("evaluate.prior_mc_curve=[10,100],[64]") == ("evaluate.prior_mc_curve", [[10, 100], [64]])
+    assert parse_set("train_direct.fixed_samples=true,false") == ("train_direct.fixed_samples", [True, False])
+    assert parse_set("model.z_dim=range(2,11,4)") == ("model.z_dim", [2, 6, 10])
+    assert parse_set("data.dataset=choice(mnist,fashion-mnist)") == ("data.dataset", ["mnist", "fashion-mnist"])
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("0,3,7") == [0, 3, 7]
+    for bad in ("model.z_dim", "=2", "model.z_dim=2,2"):
+        with pytest.raises(ParamsError):
+            parse_set(bad)
+    for bad in ("a-b", "1,1", "", "-1"):
+        with pytest.raises(ParamsError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_a_grid_times_seeds_gives_one_named_run_each_with_every_seed_set():
+    runs = plan("zgrid", ["model.z_dim=2,20", "train_direct.mc_samples=16,64", "train_vae.epochs=3"], [0, 1], PARAMS)
+    assert len(runs) == 8
+    assert runs[0].name == "zgrid-z_dim=2-mc_samples=16-seed=0"
+    assert len({r.name for r in runs}) == 8
+    run = runs[-1]
+    assert run.overrides == {"train_vae.epochs": 3, "model.z_dim": 20, "train_direct.mc_samples": 64,
+                             **{k: 1 for k in SEED_KEYS}}
+    assert "-S" in run.set_args() and "train_vae.epochs=3" in run.set_args()
+    # two swept keys with the same last part keep their sections in the name
+    both = plan("lr", ["train_vae.lr=0.001,0.002", "train_direct.lr=0.001,0.002"], [0], PARAMS)
+    assert both[0].name == "lr-train_vae.lr=0.001-train_direct.lr=0.001-seed=0"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("model.zdim=2,5", "no key 'zdim' in 'model'"),
+    ("modle.z_dim=2", "no section 'modle'"),
+    ("model.z_dim=0,5", "model.z_dim = 0 is out of range"),
+    ("train_vae.lr=fast", "wrong type"),
+    ("train_vae.seed=3", "--seeds"),
+])
+def test_a_bad_key_or_value_is_named_before_anything_runs(option, message):
+    with pytest.raises(ParamsError, match=message):
+        plan("bad", [option], [0], PARAMS)
+
+
+def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
+    """In a z_dim x M grid the VAE does not depend on M: for each z_dim and seed one run trains it, the
+    others start after it and restore it from the run cache; different seeds never wait for each other."""
+    runs = plan("g", ["model.z_dim=2,20", "train_direct.mc_samples=16,64"], [0, 1], PARAMS)
+    waits = leaders(runs, stage_params(DVC_YAML))
+    by_name = {r.name: r for r in runs}
+    for name, before in waits.items():
+        run = by_name[name]
+        point = dict(run.point)
+        if point["train_direct.mc_samples"] == 16:
+            assert before == [], name
+        else:
+            leader = by_name[before[0]]
+            assert before == [leader.name]
+            assert dict(leader.point)["model.z_dim"] == point["model.z_dim"] and leader.seed == run.seed
+    # seeds alone share only download and preprocess, which every run shares: nobody waits
+    assert all(not w for w in leaders(plan("s", [], [0, 1, 2], PARAMS), stage_params(DVC_YAML)).values())
+
+
+def test_stage_params_follow_the_dag():
+    closure = stage_params(DVC_YAML)
+    assert closure["train_vae"] == {"data", "preprocess", "model", "train_vae", "device"}
+    assert {"train_vae", "train_direct", "evaluate"} <= closure["evaluate"]
+    assert "visualize" not in closure["evaluate"]
+
+
+def test_seed_statistics_are_the_t_interval_of_the_mean():
+    values = [17.2, 16.1, 18.4, 17.9, 16.8]
+    s = seed_statistics(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert s["mean"] == pytest.approx(np.mean(values)) and s["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert (s["lo"], s["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    one = seed_statistics([3.0])
+    assert one["mean"] == 3.0 and math.isnan(one["hi"])
+
+
+def _git_repo(path: Path) -> Path:
+    path.mkdir()
+    for item in ("dvc.yaml", "params.yaml"):
+        (path / item).write_text((ROOT / item).read_text())
+    env_args = ["-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
+    subprocess.run(["git", *env_args, "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", *env_args, "commit", "-qm", "init"], cwd=path, check=True)
+    return path
+
+
+def test_a_dirty_tree_or_an_unreachable_remote_is_refused_before_anything_runs(tmp_path):
+    repo = _git_repo(tmp_path / "repo")
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("z_dim: 20", "z_dim: 5"))
+    with pytest.raises(SweepError, match="(?s)uncommitted changes.*M params.yaml"):
+        prepare(Options(name="s"), repo)
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
+    with pytest.raises(SweepError, match="cannot be reached"):
+        prepare(Options(name="s", git_remote=str(tmp_path / "nowhere.git")), repo)
+    with pytest.raises(SweepError, match="--git-remote"):
+        prepare(Options(name="s", address="10.0.0.1:6379"), repo)
+    sweep = prepare(Options(name="s", sets=["model.z_dim=2,5"], seeds=[0, 1]), repo)
+    assert [r.name for r in sweep.todo] == ["s-z_dim=2-seed=0", "s-z_dim=2-seed=1", "s-z_dim=5-seed=0",
+                                            "s-z_dim=5-seed=1"]
