@@ -338,7 +338,6 @@ def start_ray(options: Options) -> None:
 def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
     """Run what has not landed yet; return every run's outcome. Failed runs do not stop the others."""
     import ray
-    from ray.util.queue import Queue
     from tqdm import tqdm
 
     o = sweep.options
@@ -346,7 +345,7 @@ def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
     parent = sweep_parent(sweep)
     publish_base(sweep)
     start_ray(o)
-    events = Queue()
+    events = ray.remote(num_cpus=0)(Progress).remote()
     settled = ray.remote(num_cpus=0)(_wait_for)
     task = ray.remote(num_cpus=o.cpus_per_run, num_gpus=o.gpus_per_run, max_retries=o.max_retries,
                       retry_exceptions=False)(run_experiment)
@@ -381,7 +380,9 @@ def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
                 bar.write(_line(outcome))
                 bar.update(1)
             failed = sum(not x.ok for x in outcomes)
-            bar.set_postfix_str(f"done {len(outcomes) - failed}, running {len(running)}, failed {failed}")
+            state = f"done {len(outcomes) - failed}, running {len(running)}, failed {failed}"
+            if state != bar.postfix:  # redraw on a change only: a log file gets a line per change
+                bar.set_postfix_str(state)
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -401,9 +402,25 @@ def _wait_for(refs: list) -> None:
         ray.wait(refs, num_returns=len(refs))
 
 
+class Progress:
+    """A Ray actor the runs report to when they start (where, and where their log is)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def started(self, name: str, node: str, log: str) -> None:
+        self.events.append(("started", name, node, log))
+
+    def drain(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+
 def _drain(events) -> list[tuple]:
+    import ray
+
     try:
-        return events.get_nowait_batch(events.qsize()) if events.qsize() else []
+        return ray.get(events.drain.remote(), timeout=10)
     except Exception:  # noqa: BLE001 - progress reports are best effort
         return []
 

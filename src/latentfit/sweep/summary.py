@@ -115,7 +115,9 @@ def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, pl
              (f"Commit `{commit[:8]}`; {len(runs)} of {planned} planned runs landed. Every number is computed from "
               "the experiments' own metrics (`dvc exp show`); across seeds: mean, sample standard deviation, and the "
               "95% t-interval of the mean. NLLs are nats per test image (lower is better); a gap is the paired "
-              "per-seed difference direct - VAE."), ""]
+              "per-seed difference direct - VAE. The intervals are over seeds (training and estimator randomness): "
+              "every run evaluates the same test images, so the error of sampling those images is not in them; "
+              "each run's `metrics/report.md` gives it (the paired interval over images)."), ""]
     for point in runs["point"].unique():
         seeds = ", ".join(map(str, sorted(runs[runs.point == point]["seed"])))
         lines += [f"## {point} (seeds {seeds})", "",
@@ -154,6 +156,11 @@ def figure(runs: pd.DataFrame, stats: pd.DataFrame, keys: list[str], path: Path)
                 ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), marker="o", capsize=4,
                             label=f"{fit}{' (' + suffix + ')' if suffix else ''}")
         ax.set_title(title)
+        if title.startswith("gap"):
+            ax.axhline(0, color="grey", lw=0.8)  # above: the VAE is better
+        x_values = pd.to_numeric(points[x_key], errors="coerce") if x_key else pd.Series(dtype=float)
+        if len(x_values) and x_values.notna().all() and x_values.min() > 0 and x_values.max() / x_values.min() >= 8:
+            ax.set_xscale("log")  # M = 16, 64, 256 or lr = 1e-4 ... 1e-2: equal steps in log
         ax.set_xlabel(x_key or "committed params")
         if not x_key:
             ax.set_xticks([])

@@ -138,8 +138,9 @@ def run_experiment(run: Run, commit: str, transport: Transport, env: dict[str, s
         log_file = Path(tempfile.gettempdir()) / "latentfit-sweeps" / log_file.name
         log_file.parent.mkdir(parents=True, exist_ok=True)
     if events is not None:
+        # fire and forget: a task blocked in ray.get lends its CPU to another task, which would then start early
         with contextlib.suppress(Exception):  # progress reports are best effort
-            events.put_nowait(("started", run.name, node, str(log_file)))
+            events.started.remote(run.name, node, str(log_file))
     work = Path(tempfile.mkdtemp(prefix=f"latentfit-{run.name[:40]}-", dir=workdir))
     clone = work / "repo"
     dvc = [sys.executable, "-m", "dvc"]
