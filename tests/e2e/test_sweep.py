@@ -152,7 +152,7 @@ def test_a_local_sweep_lands_every_run_in_dvc_and_mlflow_with_seed_statistics(re
 
 def test_a_diverging_grid_point_fails_alone_and_is_named(repo):
     with pytest.raises(SweepError) as failed:
-        sweep(Options(name="div", sets=["train_vae.lr=0.001,1000000"]), progress=False)
+        sweep(Options(name="div", sets=["train_vae.lr=0.001,1000000"]), progress=True)  # the bar too
     assert "1 of 2 run(s) failed: div-lr=1000000-seed=0" in str(failed.value)
     head = repo.run("git", "rev-parse", "HEAD").strip()
     assert landed(repo.path, head) == {"div-lr=0.001-seed=0"}, "the good point landed, the bad one did not"

@@ -8,11 +8,13 @@ MLflow records it. This module only plans the runs, orders the ones that share a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,9 @@ def prepare(options: Options, repo: Path | None = None) -> Sweep:
     experiment = experiment or (params.get("tracking") or {}).get("experiment", "latentfit")
     # the stages' store: the repository's mlflow.db unless MLFLOW_TRACKING_URI names another
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}"
+    if options.address and uri.startswith("sqlite:///"):
+        print(f"warning: with --address, runs on other machines log to {uri} on their own disk, not this one's; "
+              "set MLFLOW_TRACKING_URI to a tracking server every node reaches.", file=sys.stderr)
     return Sweep(repo, options, commit, runs, todo, transport, uri, experiment)
 
 
@@ -232,6 +237,23 @@ def _remote_name(sweep: Sweep) -> str:
         return sweep.options.dvc_remote or dvc_repo.config["core"]["remote"]
 
 
+@contextlib.contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for a block: mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI, which must not outlive the block (it would decide where later runs log)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def sweep_parent(sweep: Sweep) -> str | None:
     """The sweep's MLflow run (found again when the same sweep is re-run), with its plan as params."""
     from ..tracking import store_lock, use_experiment
@@ -239,9 +261,8 @@ def sweep_parent(sweep: Sweep) -> str | None:
     try:
         import mlflow
 
-        with store_lock(sweep.tracking_uri):
-            mlflow.set_tracking_uri(sweep.tracking_uri)
-            local = sweep.tracking_uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ
+        local = sweep.tracking_uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ
+        with store_lock(sweep.tracking_uri), _tracking(sweep.tracking_uri):
             exp_id = use_experiment(sweep.experiment, sweep.repo / "mlartifacts" if local else None)
             client = mlflow.MlflowClient()
             query = f"tags.sweep = '{sweep.options.name}' and tags.stage = 'sweep' and tags.git_commit = '{sweep.commit}'"
@@ -270,9 +291,9 @@ def find_parent(repo: Path, name: str) -> tuple[str | None, str]:
     try:
         import mlflow
 
-        mlflow.set_tracking_uri(uri)
-        found = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
-                                   filter_string=f"tags.sweep = '{name}' and tags.stage = 'sweep'")
+        with _tracking(uri):
+            found = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                                       filter_string=f"tags.sweep = '{name}' and tags.stage = 'sweep'")
         return (found[0].info.run_id if found else None), uri
     except Exception:  # noqa: BLE001 - the summary files do not need the store
         return None, uri
@@ -360,6 +381,7 @@ def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
     pending = {ref: name for name, ref in by_name.items()}
     outcomes: list[Outcome] = []
     running: set[str] = set()
+    shown = ""
     bar = tqdm(total=len(pending), unit="run", desc=f"sweep {o.name}", disable=not progress, dynamic_ncols=True)
     try:
         while pending:
@@ -381,8 +403,8 @@ def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
                 bar.update(1)
             failed = sum(not x.ok for x in outcomes)
             state = f"done {len(outcomes) - failed}, running {len(running)}, failed {failed}"
-            if state != bar.postfix:  # redraw on a change only: a log file gets a line per change
-                bar.set_postfix_str(state)
+            if state != shown:  # redraw on a change only: a log file gets a line per change
+                bar.set_postfix_str(shown := state)
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
