@@ -197,6 +197,7 @@ def test_a_killed_worker_is_retried_and_its_run_lands_once(repo, tmp_path):
     assert landed(repo.path, head) == {"kill-seed=0"}
     metrics = json.loads(repo.run("git", "show", f"{exp_ref_prefix(head)}kill-seed=0:metrics/evaluate.json"))
     assert np.isfinite(metrics["ais"]["gap"])
+    assert not any((tmp_path / "work").iterdir()), "the retry cleared the killed attempt's clone, then its own"
 
 
 def test_a_two_node_cluster_lands_runs_through_a_bare_git_repo_and_a_dvc_remote(repo, tmp_path):

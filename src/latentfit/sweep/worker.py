@@ -6,6 +6,7 @@ worker that dies leaves no half-written experiment; its clone is thrown away."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -141,7 +142,12 @@ def run_experiment(run: Run, commit: str, transport: Transport, env: dict[str, s
         # fire and forget: a task blocked in ray.get lends its CPU to another task, which would then start early
         with contextlib.suppress(Exception):  # progress reports are best effort
             events.started.remote(run.name, node, str(log_file))
-    work = Path(tempfile.mkdtemp(prefix=f"latentfit-{run.name[:40]}-", dir=workdir))
+    # one directory per run (its log path names repository, sweep and run) and commit: a retry, or the sweep
+    # run again, first clears what a killed attempt left
+    key = hashlib.sha1(f"{log_path}\0{commit}".encode()).hexdigest()[:12]
+    work = Path(workdir or tempfile.gettempdir()) / f"latentfit-{run.name[:40]}-{key}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     clone = work / "repo"
     dvc = [sys.executable, "-m", "dvc"]
     try:
