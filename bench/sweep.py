@@ -76,14 +76,18 @@ def main() -> None:
     parser.add_argument("--repo", required=True, help="a clone of the project after a committed dvc repro")
     parser.add_argument("-S", dest="grid", default="train_vae.lr=0.002,0.003", help="one swept param, KEY=V1,V2")
     parser.add_argument("--seeds", default="1,2", help="seeds (not the committed one: nothing may be cached)")
+    parser.add_argument("--first", choices=("queue", "sweep"), default="queue",
+                        help="which side runs first (run the benchmark both ways to see drift on a shared VM)")
     parser.add_argument("--out", help="write the Markdown result here too")
+    parser.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     args = parser.parse_args()
     key, _, text = args.grid.partition("=")
     values, seeds = text.split(","), [int(s) for s in args.seeds.split(",")]
     source = Path(args.repo).resolve()
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for side, fn in (("dvc queue start -j 2", queue), ("latentfit sweep", sweep)):
+        sides = [("dvc queue start -j 2", queue), ("latentfit sweep", sweep)]
+        for side, fn in sides if args.first == "queue" else sides[::-1]:
             copy = Path(tmp) / side.split()[0]
             shutil.copytree(source, copy, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts"))
             seconds[side] = fn(copy, key, values, seeds)
@@ -95,11 +99,12 @@ def main() -> None:
              f"`-S {args.grid}` x seeds {args.seeds}.\n"
              f"Command: `python bench/sweep.py {' '.join(sys.argv[1:])}`\n\n"
              "| what | seconds | runs per hour |\n|---|---|---|\n"
-             + "".join(f"| `{side}` | {seconds[side]:.0f} | {rate[side]:.0f} |\n" for side in seconds)
+             + "".join(f"| `{side}` | {seconds[side]:.0f} | {rate[side]:.1f} |\n" for side in seconds)
              + f"\n`latentfit sweep` runs {ratio:.2f}x the queue's runs per hour.\n")
     print(table)
     if args.out:
-        Path(args.out).write_text(table)
+        out = Path(args.out)
+        out.write_text((out.read_text() + "\n" if args.append and out.exists() else "") + table)
 
 
 if __name__ == "__main__":
