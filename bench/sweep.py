@@ -25,9 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import cpu_name
+from latentfit.sweep.driver import landed
+from latentfit.sweep.grid import SEED_KEYS
 
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-SEED_KEYS = ("train_vae.seed", "train_direct.seed", "evaluate.seed", "visualize.seed")
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -37,23 +38,17 @@ def run(args: list[str], cwd: Path) -> str:
     return done.stdout
 
 
-def landed(repo: Path) -> int:
-    head = run(["git", "rev-parse", "HEAD"], repo).strip()
-    refs = run(["git", "for-each-ref", "--format=%(refname)", f"refs/exps/{head[:2]}/{head[2:]}/"], repo)
-    return len(refs.split())
-
-
 def queue(repo: Path, key: str, values: list[str], seeds: list[int]) -> float:
     dvc = [sys.executable, "-m", "dvc"]
     for value, seed in itertools.product(values, seeds):
         sets = [a for k in SEED_KEYS for a in ("-S", f"{k}={seed}")]
         run([*dvc, "exp", "run", "--queue", "-n", f"q-{value}-{seed}", "-S", f"{key}={value}", *sets], repo)
-    total = len(values) * len(seeds)
+    total, head = len(values) * len(seeds), run(["git", "rev-parse", "HEAD"], repo).strip()
     start = time.perf_counter()
     # as the README runs the queue: one torch thread per worker (Ray gives each run OMP_NUM_THREADS = its CPUs)
     subprocess.run([*dvc, "queue", "start", "-j", "2"], cwd=repo, env={**ENV, "OMP_NUM_THREADS": "1"},
                    capture_output=True, check=True)
-    while landed(repo) < total:
+    while len(landed(repo, head)) < total:
         status = run([*dvc, "queue", "status"], repo)
         if "Failed" in status:
             raise SystemExit(f"a queued experiment failed:\n{status}")

@@ -9,10 +9,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .errors import DataError
 
@@ -45,6 +47,8 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here, not at the top: `latentfit sweep` writes its text files without loading torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -68,6 +72,8 @@ def load_split(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is missing: run the preprocess stage first (`dvc repro preprocess`)")
+    import torch
+
     split = torch.load(path, weights_only=True)
     if set(split) != {"x", "y"} or split["x"].ndim != 2:
         raise DataError(f"{path} is not a prepared split; re-run `dvc repro -f preprocess`")

@@ -37,9 +37,23 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the SQLite file mlflow.db at the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else the SQLite file mlflow.db at the repo root (`root`, or this run's)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def tracking_env_kept() -> Iterator[None]:
+    """Put MLFLOW_TRACKING_URI back as it was after the block: mlflow.set_tracking_uri exports it, and
+    it must not outlive the block (it decides where the next stage, or a later run, logs)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
@@ -173,12 +187,8 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
     `required` it raises TrackingError before any work is done.
     """
     default_store = "MLFLOW_TRACKING_URI" not in os.environ
-    try:
-        with _stage_run(stage, params, experiment, required, default_store) as run:
-            yield run
-    finally:
-        if default_store:  # mlflow.set_tracking_uri exports the variable; the next stage must see it unset
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with tracking_env_kept(), _stage_run(stage, params, experiment, required, default_store) as run:
+        yield run
 
 
 @contextlib.contextmanager

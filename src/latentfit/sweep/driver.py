@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from ..errors import LatentfitError, ParamsError
+from ..io import write_json
+from ..tracking import tracking_env_kept, tracking_uri
 from .grid import Run, format_overrides, plan
 from .worker import Outcome, Transport, push_run_cache_outputs, run_experiment, tail
 
@@ -138,6 +140,7 @@ class Sweep:
     transport: Transport
     tracking_uri: str
     experiment: str
+    remote: str | None = None  # remote mode: the DVC remote's name in this repository
 
     @property
     def out_dir(self) -> Path:
@@ -148,14 +151,9 @@ class Sweep:
         return self.repo / ".dvc" / "tmp" / "sweeps" / self.options.name
 
     def write_plan(self) -> None:
-        plan_file = self.out_dir / "plan.json"
-        plan_file.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"name": self.options.name, "commit": self.commit, "sets": self.options.sets,
-                   "seeds": self.options.seeds,
-                   "runs": [{"name": r.name, "point": dict(r.point), "seed": r.seed} for r in self.runs]}
-        tmp = plan_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(plan_file)
+        write_json(self.out_dir / "plan.json", {
+            "name": self.options.name, "commit": self.commit, "sets": self.options.sets, "seeds": self.options.seeds,
+            "runs": [{"name": r.name, "point": dict(r.point), "seed": r.seed} for r in self.runs]})
 
 
 def prepare(options: Options, repo: Path | None = None) -> Sweep:
@@ -176,18 +174,18 @@ def prepare(options: Options, repo: Path | None = None) -> Sweep:
     todo = [run for run in runs if run.name not in done]
     if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
         raise SweepError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
-    transport = _transport(repo, commit, options)
+    transport, remote = _transport(repo, commit, options)
     experiment = dict(runs[0].fixed).get("tracking.experiment") if runs else None
     experiment = experiment or (params.get("tracking") or {}).get("experiment", "latentfit")
-    # the stages' store: the repository's mlflow.db unless MLFLOW_TRACKING_URI names another
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}"
+    uri = tracking_uri(repo)  # the stages' store
     if options.address and uri.startswith("sqlite:///"):
         print(f"warning: with --address, runs on other machines log to {uri} on their own disk, not this one's; "
               "set MLFLOW_TRACKING_URI to a tracking server every node reaches.", file=sys.stderr)
-    return Sweep(repo, options, commit, runs, todo, transport, uri, experiment)
+    return Sweep(repo, options, commit, runs, todo, transport, uri, experiment, remote)
 
 
-def _transport(repo: Path, commit: str, options: Options) -> Transport:
+def _transport(repo: Path, commit: str, options: Options) -> tuple[Transport, str | None]:
+    """How runs reach the commit and send their experiments back, and the DVC remote's name (remote mode)."""
     if options.git_remote is None:
         if options.address:
             raise SweepError("--address runs on other machines, which cannot see this repository: give --git-remote "
@@ -195,7 +193,7 @@ def _transport(repo: Path, commit: str, options: Options) -> Transport:
         cache = dvc(repo, "cache", "dir")
         if cache.returncode != 0:
             raise SweepError(f"dvc cache dir failed: {cache.stderr.strip()}")
-        return Transport(source=str(repo), git_remote=str(repo), cache_dir=cache.stdout.strip())
+        return Transport(source=str(repo), git_remote=str(repo), cache_dir=cache.stdout.strip()), None
     url = git(repo, "remote", "get-url", options.git_remote, check=False) or options.git_remote
     if subprocess.run(["git", "ls-remote", url], cwd=repo, capture_output=True, check=False).returncode != 0:
         raise SweepError(f"git remote {options.git_remote!r} cannot be reached: check its URL (git remote -v) "
@@ -210,7 +208,7 @@ def _transport(repo: Path, commit: str, options: Options) -> Transport:
     if remote_name not in remotes:
         raise SweepError(f"DVC remote {remote_name!r} is not configured (dvc remote list: {', '.join(remotes) or 'none'})")
     dvc_url = str(remotes[remote_name]["url"])
-    return Transport(source=url, git_remote=url, base_ref=f"refs/sweeps/{options.name}", dvc_remote=dvc_url)
+    return Transport(source=url, git_remote=url, base_ref=f"refs/sweeps/{options.name}", dvc_remote=dvc_url), remote_name
 
 
 def publish_base(sweep: Sweep) -> None:
@@ -220,9 +218,9 @@ def publish_base(sweep: Sweep) -> None:
     if t.shared_cache:
         return
     git(sweep.repo, "push", "--quiet", "--force", t.git_remote, f"{sweep.commit}:{t.base_ref}")
-    pushed = dvc(sweep.repo, "push", "--run-cache", "--quiet", "-r", _remote_name(sweep))
+    pushed = dvc(sweep.repo, "push", "--run-cache", "--quiet", "-r", sweep.remote)
     try:
-        push_run_cache_outputs(sweep.repo, _remote_name(sweep))
+        push_run_cache_outputs(sweep.repo, sweep.remote)
     except Exception as err:  # noqa: BLE001 - only costs the runs a recomputation
         pushed = subprocess.CompletedProcess([], 1, "", str(err))
     if pushed.returncode != 0:
@@ -230,28 +228,14 @@ def publish_base(sweep: Sweep) -> None:
               f"({pushed.stderr.strip()[-300:]}); runs will recompute what is missing", file=sys.stderr)
 
 
-def _remote_name(sweep: Sweep) -> str:
-    from dvc.repo import Repo
-
-    with Repo(str(sweep.repo)) as dvc_repo:
-        return sweep.options.dvc_remote or dvc_repo.config["core"]["remote"]
-
-
 @contextlib.contextmanager
 def _tracking(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri` for a block: mlflow.set_tracking_uri also exports
-    MLFLOW_TRACKING_URI, which must not outlive the block (it would decide where later runs log)."""
+    """Point MLflow's fluent API at `uri` for a block, leaving MLFLOW_TRACKING_URI as it was."""
     import mlflow
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
+    with tracking_env_kept():
+        mlflow.set_tracking_uri(uri)
         yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def sweep_parent(sweep: Sweep) -> str | None:
@@ -285,7 +269,7 @@ def sweep_parent(sweep: Sweep) -> str | None:
 
 def find_parent(repo: Path, name: str) -> tuple[str | None, str]:
     """The MLflow run of an earlier sweep `name`, if the store has one, and the store's URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}"
+    uri = tracking_uri(repo)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None, uri
     try:
@@ -356,14 +340,14 @@ def start_ray(options: Options) -> None:
         ray.init(include_dashboard=False, log_to_driver=False)
 
 
-def execute(sweep: Sweep, progress: bool = True) -> list[Outcome]:
-    """Run what has not landed yet; return every run's outcome. Failed runs do not stop the others."""
+def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Outcome]:
+    """Run what has not landed yet, each pipeline run under the sweep's MLflow run `parent`; return every
+    run's outcome. Failed runs do not stop the others."""
     import ray
     from tqdm import tqdm
 
     o = sweep.options
     identity = (git(sweep.repo, "config", "user.name", check=False), git(sweep.repo, "config", "user.email", check=False))
-    parent = sweep_parent(sweep)
     publish_base(sweep)
     start_ray(o)
     events = ray.remote(num_cpus=0)(Progress).remote()
@@ -462,7 +446,7 @@ def _land(sweep: Sweep, outcome: Outcome) -> Outcome:
     """Remote mode: fetch the experiment (refs, outputs, run cache) into this repository."""
     if sweep.transport.shared_cache:
         return outcome
-    pulled = dvc(sweep.repo, "exp", "pull", "-r", _remote_name(sweep), sweep.transport.git_remote, outcome.name)
+    pulled = dvc(sweep.repo, "exp", "pull", "-r", sweep.remote, sweep.transport.git_remote, outcome.name)
     if pulled.returncode == 0 and outcome.name in landed(sweep.repo, sweep.commit):
         return outcome
     return Outcome(outcome.name, False, outcome.node, outcome.log, outcome.seconds,
@@ -489,11 +473,11 @@ def sweep(options: Options, repo: Path | None = None, progress: bool = True) -> 
     if options.dry_run:
         return []
     s.write_plan()
-    outcomes = execute(s, progress) if s.todo else []
+    parent = sweep_parent(s) if s.todo else None
+    outcomes = execute(s, parent, progress) if s.todo else []
     failed = [x for x in outcomes if not x.ok]
     if len(s.runs) > len(failed):
-        written = summarize(s.repo, options.name, parent_run=sweep_parent(s) if outcomes else None,
-                            tracking_uri=s.tracking_uri)
+        written = summarize(s.repo, options.name, parent_run=parent, tracking_uri=s.tracking_uri)
         print("summary: " + ", ".join(str(p.relative_to(s.repo)) for p in written))
     if failed:
         raise SweepError(f"{len(failed)} of {len(s.runs)} run(s) failed: {', '.join(x.name for x in failed)}. "

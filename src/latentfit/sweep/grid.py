@@ -6,10 +6,9 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from ..config import parse_params
 from ..errors import ParamsError
@@ -36,15 +35,20 @@ class Run:
 
     @property
     def point_label(self) -> str:
-        return ",".join(f"{k}={format_value(v)}" for k, v in self.point) or "default"
+        return point_label(self.point)
 
     def set_args(self) -> list[str]:
         """`-S key=value` options for `dvc exp run`."""
         return [arg for k, v in self.overrides.items() for arg in ("-S", f"{k}={format_value(v)}")]
 
 
+def point_label(point: Iterable[tuple[str, Any]]) -> str:
+    """A grid point as MLflow's `sweep_point` tag and the summary name it: `model.z_dim=2,train_vae.lr=0.001`."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in point) or "default"
+
+
 def format_value(value: Any) -> str:
-    """A value as `-S` and YAML read it back: lists in brackets, booleans in lower case."""
+    """A value as `-S` reads it back: lists in brackets, booleans in lower case."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, tuple)):
@@ -52,52 +56,24 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def parse_value(text: str) -> Any:
-    """One value as YAML reads it, with numbers YAML 1.1 leaves as strings (1e-3) read as numbers."""
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as err:
-        raise ParamsError(f"cannot read the value {text!r}: {err}") from err
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _split_values(text: str) -> list[str]:
-    """`1,2,[3,4]` -> ['1', '2', '[3,4]']: commas inside brackets belong to a list value."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    return items + [current]
-
-
 def parse_set(option: str) -> tuple[str, list[Any]]:
-    """`-S model.z_dim=2,5,20` -> ('model.z_dim', [2, 5, 20]); `range(0,10,5)` as in Hydra (end excluded)."""
+    """`-S model.z_dim=2,5,20` -> ('model.z_dim', [2, 5, 20]), parsed by the Hydra override grammar that
+    `dvc exp run -S` uses: lists in brackets, `range(a,b[,step])` (end excluded), `choice(...)`."""
+    from dvc.utils.hydra import to_hydra_overrides
+
     key, sep, text = option.partition("=")
-    key = key.strip()
-    if not sep or not key or not text.strip():
+    if not sep or not key.strip() or not text.strip():
         raise ParamsError(f"-S {option!r}: write -S section.key=value or -S section.key=v1,v2,v3")
-    text = text.strip()
-    ranged = re.fullmatch(r"range\((-?\d+),\s*(-?\d+)(?:,\s*(-?\d+))?\)", text)
-    if ranged:
-        start, stop, step = (int(g) if g else 1 for g in ranged.groups())
-        values = list(range(start, stop, step))
-    else:
-        choice = re.fullmatch(r"choice\((.*)\)", text)
-        values = [parse_value(v) for v in _split_values(choice.group(1) if choice else text)]
+    try:
+        [override] = to_hydra_overrides([f"{key.strip()}={text.strip()}"])
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    except Exception as err:  # noqa: BLE001 - Hydra's parse errors: one message for every kind
+        raise ParamsError(f"-S {option!r}: {err}") from None
     if not values:
         raise ParamsError(f"-S {option!r} gives no values")
     if len(set(map(format_value, values))) < len(values):
         raise ParamsError(f"-S {option!r} repeats a value")
-    return key, values
+    return override.key_or_group, values
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatentfitError
+from ..io import save_figure, write_text
+from .grid import point_label
 
 # name: (label, file, keys); NLLs in nats per image, lower is better
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -70,16 +72,12 @@ def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> pd.DataFrame:
         if run["name"] not in present:
             continue
         ref, files = exp_ref_prefix(commit) + run["name"], {}
-        row = {"run": run["name"], "point": _label(run["point"]), **run["point"], "seed": run["seed"]}
+        row = {"run": run["name"], "point": point_label(run["point"].items()), **run["point"], "seed": run["seed"]}
         for metric, (_, path, keys) in METRICS.items():
             files.setdefault(path, read_at(repo, ref, path))
             row[metric] = _dig(files[path], keys)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _label(point: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in point.items()) or "default"
 
 
 def statistics(runs: pd.DataFrame) -> pd.DataFrame:
@@ -168,16 +166,8 @@ def figure(runs: pd.DataFrame, stats: pd.DataFrame, keys: list[str], path: Path)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("nats per image (mean, 95% interval over seeds)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(path, fig)
     plt.close(fig)
-    tmp.replace(path)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def summarize(repo: Path, name: str, parent_run: str | None = None, tracking_uri: str | None = None) -> list[Path]:
@@ -196,9 +186,9 @@ def summarize(repo: Path, name: str, parent_run: str | None = None, tracking_uri
     stats = statistics(runs)
     keys = list(plan["runs"][0]["point"]) if plan["runs"] else []
     md, csv, png = out / "summary.md", out / "summary.csv", out / "summary.png"
-    _write(md, markdown(name, plan["commit"], runs, stats, len(plan["runs"])))
-    _write(csv, stats.to_csv(index=False))
-    _write(out / "runs.csv", runs.to_csv(index=False))
+    write_text(md, markdown(name, plan["commit"], runs, stats, len(plan["runs"])))
+    write_text(csv, stats.to_csv(index=False))
+    write_text(out / "runs.csv", runs.to_csv(index=False))
     figure(runs, stats, keys, png)
     if parent_run and tracking_uri:
         _log(parent_run, tracking_uri, [md, csv, out / "runs.csv", png], stats)
