@@ -1,5 +1,10 @@
 """Stage 1: fetch and verify the raw IDX files of `data.dataset` into data/raw/."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
+
 from latentfit.config import load_params, to_flat_dict
 from latentfit.data import fetch_dataset
 from latentfit.runtime import stage_main

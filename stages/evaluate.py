@@ -1,10 +1,15 @@
 """Stage 5: both fits on one footing, on held-out data: likelihoods (AIS, IWAE, prior sampling) and
 their paired gap, denoising, latent structure, samples."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
+
 from latentfit.config import load_params, to_flat_dict
 from latentfit.evaluation import evaluate
-from latentfit.inference import load_model
 from latentfit.io import load_split, write_csv, write_json, write_text
+from latentfit.modelfile import load_decoder, load_vae
 from latentfit.report import render_report
 from latentfit.runtime import pick_device, seeded_generator, stage_main
 from latentfit.tracking import stage_run
@@ -21,12 +26,11 @@ def main() -> None:
     device = pick_device(params.device)
     g = seeded_generator(params.evaluate.seed, device)
     train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
-    vae, _ = load_model(VAE_MODEL, device)
-    direct, saved = load_model(DIRECT_MODEL, device)
+    vae, (direct, train_draws) = load_vae(VAE_MODEL, device), load_decoder(DIRECT_MODEL, device)
 
     with stage_run("evaluate", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         result = evaluate(vae, direct, train, test, params.evaluate, hidden=params.model.hidden, generator=g,
-                          train_draws=saved.get("train_draws"), log=run.log_epoch)
+                          train_draws=train_draws, log=run.log_epoch)
         report = render_report(result.metrics, params)
         write_json(DETAILS, result.metrics)
         write_csv(PRIOR_CURVE, result.prior_curve)

@@ -1,6 +1,9 @@
 """Stage 2: pixels / 255 as float32 N x 784 in [0, 1] plus labels, to data/prepared/."""
 
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
 from latentfit.config import load_params, to_flat_dict
 from latentfit.io import save_split

@@ -1,13 +1,17 @@
 """Stage 4: fit the same decoder directly, maximising the M-draw MC estimate of log p(y)."""
 
+import sys
+from pathlib import Path
 from statistics import mean
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
+
 from latentfit.checkpoint import Checkpoint, run_epochs
 from latentfit.config import load_params, to_flat_dict
-from latentfit.inference import model_file
 from latentfit.io import load_split, save_torch, write_csv, write_json
+from latentfit.modelfile import model_file
 from latentfit.models import Decoder
 from latentfit.runtime import pick_device, seeded_generator, stage_main
 from latentfit.tracking import stage_run

@@ -1,11 +1,15 @@
 """Stage 3: fit the VAE by maximising the ELBO (L = 1), resuming from the last completed epoch."""
 
+import sys
+from pathlib import Path
 from statistics import mean
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
 from latentfit.checkpoint import Checkpoint, run_epochs
 from latentfit.config import load_params, to_flat_dict
-from latentfit.inference import model_file
 from latentfit.io import load_split, save_torch, write_csv, write_json
+from latentfit.modelfile import model_file
 from latentfit.models import VAE
 from latentfit.runtime import pick_device, seeded_generator, stage_main
 from latentfit.tracking import stage_run

@@ -3,15 +3,18 @@ under plots/figures/. With model.z_dim = 2 the latent space is drawn directly: a
 means and both decoders over a grid of z, in place of the t-SNE."""
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
+
 from latentfit.config import load_params, to_flat_dict
 from latentfit.figure_data import curve_figures, model_figures
-from latentfit.inference import load_model
 from latentfit.io import load_split, save_figure
+from latentfit.modelfile import load_decoder, load_vae
 from latentfit.runtime import pick_device, seeded_generator, stage_main
 from latentfit.tracking import stage_run
 
@@ -28,8 +31,7 @@ def main() -> None:
     device = pick_device(params.device)
     g = seeded_generator(params.visualize.seed, device)
     train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
-    vae, _ = load_model(VAE_MODEL, device)
-    direct, _ = load_model(DIRECT_MODEL, device)
+    vae, (direct, _) = load_vae(VAE_MODEL, device), load_decoder(DIRECT_MODEL, device)
     # Opened before any drawing: with tracking.required an unreachable store fails before the work.
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         figs = model_figures(vae, direct, train, test, params.visualize, g)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from latentfit import data
-from latentfit.data import DataError, fetch_dataset, read_idx, verify_idx, write_idx
+from latentfit.data import DataError, fetch_dataset, verify_idx
+from latentfit.idx import read_idx, write_idx
 from latentfit.prepare import prepare_split
 from tests.synthetic import FileServer
 

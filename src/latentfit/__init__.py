@@ -1,3 +1,1 @@
 """latentfit: one latent-variable model of MNIST fitted as a VAE and by direct MC likelihood."""
-
-__version__ = "0.1.0"

@@ -18,27 +18,48 @@ import yaml
 PACKAGE = "latentfit"
 
 
+def _module_name(path: Path, src: Path) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_files(name: str, src: Path) -> set[Path]:
+    """The files that importing `name` runs: every package __init__ on the way, and the module itself."""
+    parts, found = name.split("."), set()
+    for depth in range(1, len(parts) + 1):
+        base = src.joinpath(*parts[:depth])
+        if (base / "__init__.py").is_file():
+            found.add(base / "__init__.py")
+        elif base.with_suffix(".py").is_file():
+            found.add(base.with_suffix(".py"))
+        else:
+            break  # `from pkg import name` where name is not a module: the rest is not a file
+    return found
+
+
 def _imported_modules(path: Path, package_dir: Path) -> set[Path]:
-    """Package modules that the file at `path` imports, directly."""
+    """Package modules (of any subpackage) that the file at `path` imports, directly."""
+    src = package_dir.parent
+    inside = path.resolve().is_relative_to(package_dir.resolve())
+    here = _module_name(path, src).split(".") if inside else []
+    is_package = path.name == "__init__.py"
     tree, found = ast.parse(path.read_text(), filename=str(path)), set()
-    in_package = path.parent == package_dir
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 1 and in_package:  # from .x import y / from . import x
-                base = [node.module] if node.module else [alias.name for alias in node.names]
-                names = [f"{PACKAGE}.{b}" for b in base]
-            elif node.level == 0 and node.module:
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            if node.level:  # relative: from the file's package, `level - 1` packages up
+                if not inside:
+                    continue
+                package = here if is_package else here[:-1]
+                base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         for name in names:
-            parts = name.split(".")
-            if parts[0] != PACKAGE:
-                continue
-            found.add(package_dir / "__init__.py")
-            if len(parts) > 1 and (package_dir / f"{parts[1]}.py").is_file():
-                found.add(package_dir / f"{parts[1]}.py")
+            if name.split(".")[0] == PACKAGE:
+                found |= _module_files(name, src)
     return found
 
 

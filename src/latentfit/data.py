@@ -1,13 +1,11 @@
-"""Datasets: registry, IDX read/write, fetching with verification (the download stage's library)."""
+"""Datasets: registry and fetching with verification (the download stage's library)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import shutil
 import urllib.error
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +14,11 @@ from torchvision import datasets as tv_datasets
 from tqdm import tqdm
 
 from .errors import DataError, SourceUnreachable
+from .idx import IMAGE_SHAPE, SPLITS, read_idx
 from .io import atomic_path
 
-IMAGE_SHAPE = (28, 28)
-SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
-          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000)}
 # torchvision's dataset classes carry the official mirrors and the published MD5 of every file.
 _TORCHVISION = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST, "kmnist": tv_datasets.KMNIST}
-_IDX_DTYPES = {0x08: np.uint8}
 
 
 @dataclass(frozen=True)
@@ -44,32 +39,6 @@ def file_specs(dataset: str) -> list[FileSpec]:
 
 def official_mirrors(dataset: str) -> list[str]:
     return list(_TORCHVISION[dataset].mirrors)
-
-
-# ---------------------------------------------------------------- IDX format
-def write_idx(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 array as a gzipped IDX file (the MNIST format)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with atomic_path(path) as tmp, gzip.open(tmp, "wb", compresslevel=6) as f:
-        f.write(header + array.tobytes())
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read a gzipped IDX file, failing with a DataError that says what is wrong with it."""
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, OSError, zlib.error) as err:
-        raise DataError(f"{Path(path).name}: truncated or corrupt gzip ({err})") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{Path(path).name}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(raw) != offset + int(np.prod(dims)):
-        raise DataError(f"{Path(path).name}: IDX header says {dims} but holds {len(raw) - offset} bytes of data")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def verify_idx(path: str | Path, spec: FileSpec) -> np.ndarray:

@@ -29,8 +29,9 @@ from .estimators import (
 )
 from .inference import encode, flip_pixels, prior_search, vae_reconstruct
 from .likelihood import bernoulli_log_prob
-from .models import VAE, Classifier, Decoder
-from .training import fit_classifier, fit_vae, make_optimizer, posthoc_encoder
+from .models import VAE, Decoder
+from .posthoc import Classifier, fit_classifier, posthoc_encoder
+from .training import fit_vae, make_optimizer
 
 
 def entropy_floor(x: torch.Tensor) -> float:
@@ -191,7 +192,8 @@ def fit_posthoc_encoder(decoder: Decoder, x_train: torch.Tensor, hidden: int, p:
     and the VAE's decoder gets one too, as a control of what such an encoder costs."""
     model = posthoc_encoder(decoder, hidden)
     records = fit_vae(model, make_optimizer(model.encoder, p.encoder_lr), x_train, epochs=p.encoder_epochs,
-                      batch_size=p.encoder_batch_size, generator=g)
+                      batch_size=p.encoder_batch_size, generator=g, what="evaluate's post-hoc encoder",
+                      lr_key="evaluate.encoder_lr")
     for record in tqdm(records, total=p.encoder_epochs, desc="post-hoc encoder", leave=False):
         log(record)
     return model.eval()

@@ -1,13 +1,10 @@
-"""From images to latents and back: pixel-flip noise, encoding, reconstruction, prior search for the
-direct fit, and the model files."""
+"""From images to latents and back: pixel-flip noise, encoding, reconstruction, and the direct fit's
+search of prior draws (the evaluate and visualize stages' code; the training stages never run it)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from .errors import DataError
 from .likelihood import pairwise_bernoulli_log_prob
 from .models import VAE, Decoder
 
@@ -53,22 +50,3 @@ def prior_search(decoder: Decoder, y: torch.Tensor, draws: torch.Tensor, chunk: 
         best_score = torch.where(better, score, best_score)
         best_index = torch.where(better, arg + start, best_index)
     return draws[best_index]
-
-
-def model_file(model: VAE | Decoder, **extra) -> dict:
-    """What models/*.pt hold: the architecture, the weights and any extra tensors."""
-    decoder = model.decoder if isinstance(model, VAE) else model
-    return {"kind": "vae" if isinstance(model, VAE) else "decoder", "z_dim": decoder.z_dim,
-            "hidden": decoder.fc1.out_features, "state_dict": model.state_dict(), **extra}
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE | Decoder, dict]:
-    """Rebuild a model saved with `model_file`; returns it (in eval mode) and the file's contents."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run the training stages first (`dvc repro`)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    cls = VAE if saved["kind"] == "vae" else Decoder
-    model = cls(saved["z_dim"], saved["hidden"]).to(device)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), saved

@@ -49,20 +49,3 @@ class VAE(nn.Module):
             noise = torch.randn_like(mu)
         z = mu + torch.exp(0.5 * logvar) * noise
         return self.decoder(z), mu, logvar
-
-
-class Classifier(nn.Module):
-    """A small MLP classifier of images; its penultimate activations are the features for the
-    Frechet distance between prior samples and test images (a stand-in for Inception features)."""
-
-    def __init__(self, hidden: int = 256, features: int = 64, classes: int = 10, x_dim: int = PIXELS):
-        super().__init__()
-        # features are pre-activations: ReLU outputs have dead units, whose covariance is singular
-        self.body = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, features))
-        self.out = nn.Sequential(nn.ReLU(), nn.Linear(features, classes))
-
-    def features(self, y: torch.Tensor) -> torch.Tensor:
-        return self.body(y)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(y))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import SPLITS, read_idx
 from .errors import DataError
+from .idx import SPLITS, read_idx
 
 
 def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, torch.Tensor]:

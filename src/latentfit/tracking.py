@@ -90,16 +90,25 @@ def pipeline_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
     tags = {"stage": stage, "dvc_exp": exp or "workspace", "git_commit": commit,
             "pipeline": exp or f"workspace-{commit[:8]}-{digest}",
             "dataset": str(params.get("data.dataset", ""))}
-    return tags | sweep_tags()
+    return tags | caller_tags()
 
 
-# `latentfit sweep` tells a run's stages which sweep, grid point and seed it belongs to.
-SWEEP_ENV = {"sweep": "LATENTFIT_SWEEP", "sweep_point": "LATENTFIT_SWEEP_POINT", "sweep_seed": "LATENTFIT_SWEEP_SEED"}
-SWEEP_PARENT_ENV = "LATENTFIT_SWEEP_PARENT"  # the id of the sweep's MLflow run
+# Whoever starts a pipeline may tag its runs and nest its pipeline run under a run of its own (`latentfit
+# sweep` does both): a JSON object of tags and a run id. What the tags mean lives with whoever sets them,
+# so it is not code every stage runs.
+RUN_TAGS_ENV, PARENT_RUN_ENV = "LATENTFIT_RUN_TAGS", "LATENTFIT_PARENT_RUN"
 
 
-def sweep_tags() -> dict[str, str]:
-    return {tag: os.environ[var] for tag, var in SWEEP_ENV.items() if os.environ.get(var)}
+def caller_tags() -> dict[str, str]:
+    try:
+        tags = json.loads(os.environ.get(RUN_TAGS_ENV) or "{}")
+    except json.JSONDecodeError:
+        tags = None
+    if not isinstance(tags, dict):
+        warnings.warn(f"{RUN_TAGS_ENV} is not a JSON object of tags; its tags are left out", TrackingWarning,
+                      stacklevel=2)
+        return {}
+    return {str(k): str(v) for k, v in tags.items()}
 
 
 PARENT = "pipeline"  # the `stage` tag of a pipeline execution's parent run
@@ -138,7 +147,7 @@ class StageRun:
         """Final metrics, on the stage run and, prefixed by the stage, on the pipeline's parent run."""
         import mlflow
 
-        flat = {prefix + k: float(v) for k, v in _flatten(metrics).items()}
+        flat = {prefix + k: float(v) for k, v in flatten_numbers(metrics).items()}
         self._call(mlflow.log_metrics, flat)
         if self.parent_id:
             self._call(mlflow.log_metrics, {f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
@@ -208,7 +217,7 @@ def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bo
             artifacts = repo_root() / "mlartifacts" if default_store else None
             run.parent_id = _parent_run(use_experiment(experiment, artifacts), tags, params)
             mlflow.start_run(run_name=f"{tags['dvc_exp']}/{stage}", tags=tags, parent_run_id=run.parent_id)
-            mlflow.log_params(_loggable(params))
+            mlflow.log_params(loggable_params(params))
 
         try:
             with store_lock(uri):
@@ -237,13 +246,13 @@ def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bo
         run._call(mlflow.MlflowClient().set_terminated, run.parent_id, status)
 
 
-def _loggable(params: dict[str, Any]) -> dict[str, Any]:
+def loggable_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
 
 
 def _parent_run(experiment_id: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-    """The id of this pipeline execution's parent run, created by its first stage (under the sweep's
-    run when `latentfit sweep` started it)."""
+    """The id of this pipeline execution's parent run, created by its first stage (under PARENT_RUN_ENV's
+    run when the caller set it)."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -251,9 +260,9 @@ def _parent_run(experiment_id: str, tags: dict[str, str], params: dict[str, Any]
                                max_results=1)
     if found:
         return found[0].info.run_id
-    nest = {"mlflow.parentRunId": os.environ[SWEEP_PARENT_ENV]} if os.environ.get(SWEEP_PARENT_ENV) else {}
+    nest = {"mlflow.parentRunId": os.environ[PARENT_RUN_ENV]} if os.environ.get(PARENT_RUN_ENV) else {}
     parent = client.create_run(experiment_id, run_name=tags["pipeline"], tags=tags | {"stage": PARENT} | nest)
-    mlflow.log_params(_loggable(params), run_id=parent.info.run_id)
+    mlflow.log_params(loggable_params(params), run_id=parent.info.run_id)
     return parent.info.run_id
 
 
@@ -267,11 +276,11 @@ def _unreachable(uri: str) -> str | None:
         return str(getattr(err, "reason", err))
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_numbers(value, f"{prefix}{key}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             flat[prefix + key] = value
     return flat

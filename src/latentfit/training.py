@@ -1,4 +1,4 @@
-"""Epoch loops for both fits. Each yields one record per epoch; the caller logs and checkpoints.
+"""Epoch loops for both fits (the training stages' code; evaluate runs fit_vae for its post-hoc encoders). Each yields one record per epoch; the caller logs and checkpoints.
 
 Batches are sliced from tensors already on the device, and per-batch sums stay on the device:
 the loops sync with the host once per epoch, not once per batch.
@@ -17,7 +17,7 @@ from .errors import TrainingError
 from .likelihood import elbo_terms, mc_marginal_log_prob
 from .models import VAE, Decoder
 
-__all__ = ["TrainingError", "fit_classifier", "fit_direct", "fit_vae", "make_optimizer", "posthoc_encoder"]
+__all__ = ["TrainingError", "batches", "fit_direct", "fit_vae", "make_optimizer"]
 
 
 def make_optimizer(module: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -28,28 +28,30 @@ def make_optimizer(module: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(module.parameters(), lr=lr)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
     return torch.randperm(n, generator=generator, device=device).split(batch_size)
 
 
-def _check_finite(record: dict, what: str) -> None:
+def _check_finite(record: dict, what: str, lr_key: str) -> None:
     bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise TrainingError(
             f"{what}: {', '.join(bad)} became {record[bad[0]]} in epoch {record['epoch']}. "
-            f"The optimisation diverged: lower {what}.lr in params.yaml and re-run."
+            f"The optimisation diverged: lower {lr_key} in params.yaml and re-run."
         )
 
 
 def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int, batch_size: int,
-            generator: torch.Generator, start_epoch: int = 0) -> Iterator[dict]:
-    """Maximise the ELBO (L = 1) by Adam over shuffled batches; yield epoch-average rec, kl, neg_elbo."""
+            generator: torch.Generator, start_epoch: int = 0, what: str = "train_vae",
+            lr_key: str = "train_vae.lr") -> Iterator[dict]:
+    """Maximise the ELBO (L = 1) by Adam over shuffled batches; yield epoch-average rec, kl, neg_elbo.
+    `what` and `lr_key` name the fit and its learning-rate param in the error a divergence raises."""
     n, z_dim = len(x), model.decoder.z_dim
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
         sums = torch.zeros(2, device=x.device)
-        for idx in _batches(n, batch_size, generator, x.device):
+        for idx in batches(n, batch_size, generator, x.device):
             y = x[idx]
             noise = torch.randn(len(idx), z_dim, generator=generator, device=x.device)
             rec, kl = elbo_terms(y, *model(y, noise))
@@ -61,7 +63,7 @@ def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, ep
         rec_avg, kl_avg = (sums / n).tolist()
         record = {"epoch": epoch, "rec": rec_avg, "kl": kl_avg, "neg_elbo": rec_avg + kl_avg,
                   "seconds": time.perf_counter() - start}
-        _check_finite(record, "train_vae")
+        _check_finite(record, what, lr_key)
         yield record
 
 
@@ -78,7 +80,7 @@ def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tens
         start = time.perf_counter()
         decoder.train()
         total = torch.zeros((), device=x.device)
-        for idx in _batches(n, batch_size, generator, x.device):
+        for idx in batches(n, batch_size, generator, x.device):
             z = fixed_draws if fixed_draws is not None else torch.randn(
                 mc_samples, decoder.z_dim, generator=generator, device=x.device)
             nll = -mc_marginal_log_prob(x[idx], decoder(z))
@@ -87,28 +89,5 @@ def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tens
             optimizer.step()
             total += nll.detach().sum()
         record = {"epoch": epoch, "nll": total.item() / n, "seconds": time.perf_counter() - start}
-        _check_finite(record, "train_direct")
+        _check_finite(record, "train_direct", "train_direct.lr")
         yield record
-
-
-def posthoc_encoder(decoder: Decoder, hidden: int) -> VAE:
-    """A fresh encoder in front of a frozen decoder: train it with `fit_vae` and an optimiser over
-    `.encoder` only. Gives the direct fit (which has none) an encoder for importance sampling."""
-    model = VAE(decoder.z_dim, hidden).to(next(decoder.parameters()).device)
-    model.decoder = decoder.requires_grad_(False)
-    return model
-
-
-def fit_classifier(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, *,
-                   epochs: int, batch_size: int, generator: torch.Generator) -> Iterator[dict]:
-    """Cross-entropy training of the feature classifier; yields the epoch's mean loss."""
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total = torch.zeros((), device=x.device)
-        for idx in _batches(len(x), batch_size, generator, x.device):
-            loss = nn.functional.cross_entropy(model(x[idx]), labels[idx], reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            (loss / len(idx)).backward()
-            optimizer.step()
-            total += loss.detach()
-        yield {"epoch": epoch, "loss": total.item() / len(x)}

@@ -20,7 +20,7 @@ import pytest
 from scipy import stats
 
 from latentfit.sweep.driver import Options, SweepError, exp_ref_prefix, landed, sweep
-from tests.e2e.test_pipeline import SMALL, Repo, new_repo
+from tests.e2e.helpers import SMALL, Repo, new_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sweep]
 TINY = {**SMALL, "preprocess": {"train_limit": 300, "test_limit": 100},

@@ -289,7 +289,7 @@ def record_restored(sweep: Sweep, parent: str | None, name: str) -> None:
     if parent is None:
         return
     from ..config import parse_params, to_flat_dict
-    from ..tracking import PARENT, _flatten, _loggable, store_lock
+    from ..tracking import PARENT, flatten_numbers, loggable_params, store_lock
     from .summary import read_at
 
     try:
@@ -310,11 +310,11 @@ def record_restored(sweep: Sweep, parent: str | None, name: str) -> None:
                                            "metrics are those of the experiment's commit."}
             created = client.create_run(exp_id, run_name=name, tags=tags)
             params = yaml.safe_load(git(sweep.repo, "show", f"{ref}:params.yaml")) or {}
-            for key, value in _loggable(to_flat_dict(parse_params(params))).items():
+            for key, value in loggable_params(to_flat_dict(parse_params(params))).items():
                 client.log_param(created.info.run_id, key, value)
             for stage, path in (("train_vae", "metrics/train_vae.json"), ("train_direct", "metrics/train_direct.json"),
                                 ("evaluate", "metrics/evaluate_details.json")):
-                for key, value in _flatten(read_at(sweep.repo, ref, path)).items():
+                for key, value in flatten_numbers(read_at(sweep.repo, ref, path)).items():
                     client.log_metric(created.info.run_id, f"{stage}.{key}", float(value))
             client.set_terminated(created.info.run_id, "FINISHED")
     except Exception as err:  # noqa: BLE001 - DVC is the source of truth; tracking is reported, not fatal
@@ -322,11 +322,11 @@ def record_restored(sweep: Sweep, parent: str | None, name: str) -> None:
 
 
 def run_env(sweep: Sweep, run: Run, parent: str | None) -> dict[str, str]:
-    from ..tracking import SWEEP_ENV, SWEEP_PARENT_ENV
+    from ..tracking import PARENT_RUN_ENV, RUN_TAGS_ENV
 
-    env = {"MLFLOW_TRACKING_URI": sweep.tracking_uri, SWEEP_ENV["sweep"]: sweep.options.name,
-           SWEEP_ENV["sweep_point"]: run.point_label, SWEEP_ENV["sweep_seed"]: str(run.seed)}
-    return env | ({SWEEP_PARENT_ENV: parent} if parent else {})
+    tags = {"sweep": sweep.options.name, "sweep_point": run.point_label, "sweep_seed": str(run.seed)}
+    env = {"MLFLOW_TRACKING_URI": sweep.tracking_uri, RUN_TAGS_ENV: json.dumps(tags)}
+    return env | ({PARENT_RUN_ENV: parent} if parent else {})
 
 
 def start_ray(options: Options) -> None:

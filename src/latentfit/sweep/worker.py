@@ -106,11 +106,10 @@ def push_run_cache_outputs(clone: Path, remote: str) -> int:
 
 
 def run_environment(base: dict[str, str], clone: Path) -> dict[str, str]:
-    """The environment of a run's commands: this Python's tools first, the clone's own package (not
-    whatever checkout is installed on this node), and no leftovers of an enclosing DVC run."""
+    """The environment of a run's commands: this Python's tools first and no leftovers of an enclosing DVC
+    run. (The stages import the clone's own package whatever is installed: see stages/*.py.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")} | base
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(clone / "src")
     env["DVC_NO_ANALYTICS"] = "1"
     env.setdefault("TQDM_MININTERVAL", "10")  # progress bars in a log file: a line every 10 s
     return env
