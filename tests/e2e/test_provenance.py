@@ -3,6 +3,7 @@
 The user's set-up from the README: the package installed editable (`pip install -e .`), so a plain
 `import latentfit` finds the workspace's src/. No PYTHONPATH anywhere."""
 
+import io
 import os
 import re
 import site
@@ -61,7 +62,11 @@ def test_a_queued_experiment_runs_its_snapshot_not_the_workspace(tmp_path, synth
     assert re.search(r"\bSuccess\b", status), status + repo.run(python, "-m", "dvc", "queue", "logs", "prov")
 
     prepare.write_text(committed)
-    repo.run(python, "-m", "dvc", "exp", "apply", "prov")
-    prepared = torch.load(repo.path / "data/prepared/train.pt", weights_only=True)["x"]
+    (ref,) = repo.run("git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
+    assert ref.endswith("/prov")
+    import dvc.api
+
+    with dvc.api.open("data/prepared/train.pt", repo=str(repo.path), rev=ref, mode="rb") as f:
+        prepared = torch.load(io.BytesIO(f.read()), weights_only=True)["x"]
     assert len(prepared) == 90
     assert prepared.max().item() == 1.0, "pixels / 255, as the experiment's own prepare.py says, not / 256"
