@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import cpu_name
-from latentfit.sweep.driver import landed
 from latentfit.sweep.grid import SEED_KEYS
+from latentfit.sweep.repo import landed
 
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 

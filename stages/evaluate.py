@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
 from latentfit.config import load_params, to_flat_dict
-from latentfit.evaluation import evaluate
+from latentfit.evaluation.run import evaluate
 from latentfit.io import load_split, write_csv, write_json, write_text
 from latentfit.modelfile import load_decoder, load_vae
 from latentfit.report import render_report
@@ -31,14 +31,15 @@ def main() -> None:
     with stage_run("evaluate", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         result = evaluate(vae, direct, train, test, params.evaluate, hidden=params.model.hidden, generator=g,
                           train_draws=train_draws, log=run.log_epoch)
-        report = render_report(result.metrics, params)
-        write_json(DETAILS, result.metrics)
+        details = result.details
+        report = render_report(details, params)
+        write_json(DETAILS, details.to_dict())
         write_csv(PRIOR_CURVE, result.prior_curve)
         write_csv(DENOISE, result.denoise)
         write_csv(ESTIMATORS, result.estimators)
         write_text(REPORT, report)
-        write_json(HEADLINE, result.headline)  # last: DVC's metric, written once everything else is
-        run.log_metrics(result.metrics)
+        write_json(HEADLINE, details.headline())  # last: DVC's metric, written once everything else is
+        run.log_metrics(details.to_dict())
         run.log_artifact(REPORT)
     print(report)
 

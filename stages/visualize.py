@@ -12,6 +12,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
 from latentfit.config import load_params, to_flat_dict
+from latentfit.evaluation.schema import Details
 from latentfit.figure_data import curve_figures, model_figures
 from latentfit.io import load_split, save_figure
 from latentfit.modelfile import load_decoder, load_vae
@@ -36,7 +37,7 @@ def main() -> None:
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         figs = model_figures(vae, direct, train, test, params.visualize, g)
         figs |= curve_figures({k: pd.read_csv(v) for k, v in HISTORIES.items()},
-                              {k: pd.read_csv(v) for k, v in CURVES.items()}, json.loads(Path(DETAILS).read_text()))
+                              {k: pd.read_csv(v) for k, v in CURVES.items()}, Details.from_dict(json.loads(Path(DETAILS).read_text())))
         for name, fig in figs.items():
             save_figure(FIGURES / f"{name}.png", fig)
             plt.close(fig)

@@ -1,5 +1,6 @@
 """The evaluate and visualize stages' library code, in-process, on tiny models and synthetic data."""
 
+import json
 import math
 
 import matplotlib.pyplot as plt
@@ -10,7 +11,8 @@ from scipy import stats
 
 from latentfit.config import parse_params
 from latentfit.estimators import paired_difference
-from latentfit.evaluation import evaluate
+from latentfit.evaluation.run import evaluate
+from latentfit.evaluation.schema import Details
 from latentfit.figure_data import curve_figures, model_figures
 from latentfit.models import VAE, Decoder
 from latentfit.report import render_report
@@ -52,19 +54,28 @@ def fitted():
 
 def test_evaluate_reports_the_headline_from_its_own_metrics(fitted):
     *_, result, logged = fitted
-    m, head = result.metrics, result.headline
+    d = result.details
+    head = d.headline()
     assert set(head) == {"ais", "iwae", "nelbo", "prior"}
     for est, key in (("ais", "ais_nll"), ("iwae", "iwae_nll")):
-        assert head[est]["vae"] == m["vae"]["test"][key] and head[est]["direct"] == m["direct"]["test"][key]
+        assert head[est]["vae"] == getattr(d.vae.test, key) and head[est]["direct"] == getattr(d.direct.test, key)
         # the gap is paired over the same images, so its mean is the difference of the means
         assert head[est]["gap"] == pytest.approx(head[est]["direct"] - head[est]["vae"], rel=1e-5)
-    assert m["gap"]["ais"]["images"] == 20 and m["gap"]["iwae"]["images"] == 40 and m["gap"]["prior_mc"]["images"] == 120
-    for fit in ("vae", "direct"):
-        check = m["bdmc"][fit]
-        assert check["gap"] == pytest.approx(check["upper_nll"] - check["lower_nll"])
-    assert m["vae"]["test"]["iwae_nll"] <= m["vae"]["test"]["neg_elbo"] + 1.0
-    assert "train_draws_nll" in m["direct"]["test"]
+    assert (d.gap.ais.images, d.gap.iwae.images, d.gap.prior_mc.images) == (20, 40, 120)
+    for check in (d.bdmc.vae, d.bdmc.direct):
+        assert check.gap == pytest.approx(check.upper_nll - check.lower_nll)
+    assert d.vae.test.iwae_nll <= d.vae.test.neg_elbo + 1.0
+    assert d.direct.test.train_draws_nll is not None and d.direct.test.neg_elbo is None
     assert set(logged) == {"posthoc_vae.", "posthoc_direct."}
+
+
+def test_the_details_file_reads_back_as_the_same_schema(fitted):
+    """What evaluate writes (JSON) and what the report, figures and sweep read is one schema."""
+    *_, result, _ = fitted
+    written = json.loads(json.dumps(result.details.to_dict()))
+    assert Details.from_dict(written) == result.details
+    assert "neg_elbo" not in written["direct"]["test"], "a number a fit does not have is left out, not null"
+    assert set(written["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
 
 
 def test_evaluate_writes_each_estimator_against_its_cost(fitted):
@@ -84,15 +95,15 @@ def test_evaluate_writes_each_estimator_against_its_cost(fitted):
 
 def test_report_leads_with_the_verdict(fitted):
     params, *_, result, _ = fitted
-    report = render_report(result.metrics, params)
+    report = render_report(result.details, params)
     first = report.splitlines()[2]
-    gap = result.metrics["gap"]["ais"]
-    assert first.startswith("**The ") and f"{abs(gap['mean']):.2f} nats" in first and "BDMC" in first
+    gap = result.details.gap.ais
+    assert first.startswith("**The ") and f"{abs(gap.mean):.2f} nats" in first and "BDMC" in first
     assert "| AIS (3 chains x 20 distributions) |" in report
     for est in ("ais", "iwae", "prior_mc"):  # the verdict table: every estimator on the AIS images
-        v = result.metrics["verdict"][est]
-        assert v["images"] == 20 and v["mean"] == pytest.approx(v["direct"] - v["vae"], abs=1e-3)
-    assert result.metrics["verdict"]["ais"]["mean"] == pytest.approx(result.metrics["gap"]["ais"]["mean"])
+        v = getattr(result.details.verdict, est)
+        assert v.images == 20 and v.mean == pytest.approx(v.direct - v.vae, abs=1e-3)
+    assert result.details.verdict.ais.mean == pytest.approx(result.details.gap.ais.mean)
 
 
 def test_paired_difference_is_a_t_interval_of_the_differences():
@@ -102,9 +113,9 @@ def test_paired_difference_is_a_t_interval_of_the_differences():
     out = paired_difference(a, b)
     d = (a - b).double().numpy()
     lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-    assert out["mean"] == pytest.approx(d.mean()) and out["se"] == pytest.approx(stats.sem(d))
-    assert (out["lo"], out["hi"]) == pytest.approx((lo, hi))
-    assert out["se"] < (a.std() / math.sqrt(30)).item() / 5
+    assert out.mean == pytest.approx(d.mean()) and out.se == pytest.approx(stats.sem(d))
+    assert (out.lo, out.hi) == pytest.approx((lo, hi))
+    assert out.se < (a.std() / math.sqrt(30)).item() / 5
 
 
 def test_visualize_draws_every_figure(fitted):
@@ -114,7 +125,7 @@ def test_visualize_draws_every_figure(fitted):
                  "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
     curves = {"prior_mc": pd.DataFrame(result.prior_curve), "denoise": pd.DataFrame(result.denoise),
               "estimators": pd.DataFrame(result.estimators)}
-    figs |= curve_figures(histories, curves, result.metrics)
+    figs |= curve_figures(histories, curves, result.details)
     assert set(figs) == {"raw_image", "reconstruction", "prior_samples", "interpolation",
                          "interpolation_latent_vs_pixel", "vae_denoising", "tsne_vae", "samples_vae_vs_direct",
                          "search_reconstruction", "training_curves", "prior_mc_curve", "denoise_sweep",

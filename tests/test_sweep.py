@@ -17,7 +17,6 @@ from latentfit.sweep.summary import seed_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
 def test_set_options_read_like_dvc_exp_run():
@@ -66,7 +65,7 @@ def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
     """In a z_dim x M grid the VAE does not depend on M: for each z_dim and seed one run trains it, the
     others start after it and restore it from the run cache; different seeds never wait for each other."""
     runs = plan("g", ["model.z_dim=2,20", "train_direct.mc_samples=16,64"], [0, 1], PARAMS)
-    waits = leaders(runs, stage_params(DVC_YAML))
+    waits = leaders(runs, stage_params(ROOT))
     by_name = {r.name: r for r in runs}
     for name, before in waits.items():
         run = by_name[name]
@@ -78,11 +77,11 @@ def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
             assert before == [leader.name]
             assert dict(leader.point)["model.z_dim"] == point["model.z_dim"] and leader.seed == run.seed
     # seeds alone share only download and preprocess, which every run shares: nobody waits
-    assert all(not w for w in leaders(plan("s", [], [0, 1, 2], PARAMS), stage_params(DVC_YAML)).values())
+    assert all(not w for w in leaders(plan("s", [], [0, 1, 2], PARAMS), stage_params(ROOT)).values())
 
 
 def test_stage_params_follow_the_dag():
-    closure = stage_params(DVC_YAML)
+    closure = stage_params(ROOT)
     assert closure["train_vae"] == {"data", "preprocess", "model", "train_vae", "device"}
     assert {"train_vae", "train_direct", "evaluate"} <= closure["evaluate"]
     assert "visualize" not in closure["evaluate"]

@@ -49,7 +49,8 @@ def sweep_main(argv: list[str]) -> int:
                                     description="Seed statistics of a sweep's landed runs: metrics/sweeps/NAME/")
         p.add_argument("name")
         args = p.parse_args(argv[1:])
-        from .sweep.driver import find_parent, find_repo
+        from .sweep.mlflow_runs import find_parent
+        from .sweep.repo import find_repo
         from .sweep.summary import summarize
 
         repo = find_repo()

@@ -8,8 +8,8 @@ import itertools
 import math
 
 import torch
-from scipy import stats
 
+from .evaluation.schema import Interval, interval
 from .likelihood import elbo_terms, log_importance_weights, pairwise_bernoulli_log_prob
 from .models import VAE, Decoder
 
@@ -102,12 +102,9 @@ def standard_error(values: torch.Tensor) -> float:
     return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
 
 
-def paired_difference(a: torch.Tensor, b: torch.Tensor, level: float = 0.95) -> dict[str, float]:
+def paired_difference(a: torch.Tensor, b: torch.Tensor, level: float = 0.95) -> Interval:
     """Mean of a - b over the same images, its standard error and a `level` t-interval.
 
     Two fits scored on the same images differ far less from image to image than either NLL does
     (an image that is hard for one is hard for both), so the paired interval is the honest one."""
-    d = (a - b).double()
-    mean, se = d.mean().item(), standard_error(d)
-    half = stats.t.ppf(0.5 + level / 2, df=max(1, len(d) - 1)) * se
-    return {"mean": mean, "se": se, "lo": mean - half, "hi": mean + half, "images": len(d)}
+    return interval((a - b).double().cpu().numpy(), level)

@@ -14,6 +14,7 @@ from sklearn.manifold import TSNE
 
 from . import figures
 from .errors import DataError
+from .evaluation.schema import Details
 from .inference import encode, flip_pixels, prior_search, vae_reconstruct
 from .models import VAE, Decoder
 
@@ -106,11 +107,11 @@ def latent_figures(vae: VAE, direct: Decoder, x: torch.Tensor, labels: torch.Ten
 
 
 def curve_figures(histories: dict[str, pd.DataFrame], curves: dict[str, pd.DataFrame],
-                  evaluated: dict[str, Any]) -> dict[str, Figure]:
+                  evaluated: Details) -> dict[str, Figure]:
     """The training histories and the evaluate stage's curves."""
     return {"training_curves": figures.training_curves(histories["vae"], histories["direct"]),
             "prior_mc_curve": figures.prior_mc_curve(
-                curves["prior_mc"], {name: evaluated[name]["test"]["iwae_nll"] for name in ("vae", "direct")},
-                f"IWAE (first {evaluated['gap']['iwae']['images']} images)"),
+                curves["prior_mc"], {"vae": evaluated.vae.test.iwae_nll, "direct": evaluated.direct.test.iwae_nll},
+                f"IWAE (first {evaluated.gap.iwae.images} images)"),
             "denoise_sweep": figures.denoise_sweep(curves["denoise"]),
             "estimator_convergence": figures.estimator_convergence(curves["estimators"])}

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from latentfit.sweep.driver import Options, SweepError, exp_ref_prefix, landed, sweep
+from latentfit.sweep.driver import Options, SweepError, sweep
+from latentfit.sweep.repo import exp_ref, landed
 from tests.e2e.helpers import SMALL, Repo, new_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sweep]
@@ -195,7 +196,7 @@ def test_a_killed_worker_is_retried_and_its_run_lands_once(repo, tmp_path):
     assert text.count("=== landed") == 1
     head = repo.run("git", "rev-parse", "HEAD").strip()
     assert landed(repo.path, head) == {"kill-seed=0"}
-    metrics = json.loads(repo.run("git", "show", f"{exp_ref_prefix(head)}kill-seed=0:metrics/evaluate.json"))
+    metrics = json.loads(repo.run("git", "show", f"{exp_ref(head, 'kill-seed=0')}:metrics/evaluate.json"))
     assert np.isfinite(metrics["ais"]["gap"])
     assert not any((tmp_path / "work").iterdir()), "the retry cleared the killed attempt's clone, then its own"
 

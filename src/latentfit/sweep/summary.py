@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,68 +14,36 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatentfitError
+from ..evaluation.schema import SUMMARY, Details, Interval, fmt, interval, verdict
 from ..io import save_figure, write_text
 from .grid import point_label
+from .repo import exp_ref, landed, read_json
 
-# name: (label, file, keys); NLLs in nats per image, lower is better
-METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "ais.gap": ("gap direct - VAE, AIS NLL", "metrics/evaluate.json", ("ais", "gap")),
-    "iwae.gap": ("gap direct - VAE, IWAE NLL", "metrics/evaluate.json", ("iwae", "gap")),
-    "ais.vae": ("AIS NLL, VAE", "metrics/evaluate.json", ("ais", "vae")),
-    "ais.direct": ("AIS NLL, direct", "metrics/evaluate.json", ("ais", "direct")),
-    "iwae.vae": ("IWAE NLL, VAE", "metrics/evaluate.json", ("iwae", "vae")),
-    "iwae.direct": ("IWAE NLL, direct", "metrics/evaluate.json", ("iwae", "direct")),
-    "prior.vae": ("prior-sampling NLL, VAE", "metrics/evaluate_details.json", ("vae", "test", "prior_mc_nll")),
-    "prior.direct": ("prior-sampling NLL, direct", "metrics/evaluate.json", ("prior", "direct")),
-    "nelbo.vae": ("test -ELBO, VAE", "metrics/evaluate.json", ("nelbo", "vae")),
-    "knn.vae": ("kNN accuracy of latent means, VAE", "metrics/evaluate_details.json", ("latent", "vae", "knn_accuracy")),
-    "knn.direct": ("kNN accuracy of latent means, direct", "metrics/evaluate_details.json",
-                   ("latent", "direct", "knn_accuracy")),
-    "fd.vae": ("sample Frechet distance, VAE", "metrics/evaluate_details.json", ("samples", "vae", "fid")),
-    "fd.direct": ("sample Frechet distance, direct", "metrics/evaluate_details.json", ("samples", "direct", "fid")),
-}
+DETAILS = "metrics/evaluate_details.json"  # the evaluate stage's numbers, in every landed experiment
 
-
-def seed_statistics(values: list[float], level: float = 0.95) -> dict[str, float]:
-    """Mean, sample standard deviation and the t-interval of the mean over seeds (NaN with one seed)."""
-    from scipy import stats
-
+def seed_statistics(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and the 95% t-interval of the mean over seeds (NaN with one seed)."""
     x = np.asarray(values, dtype=float)
-    n, mean = len(x), float(x.mean())
-    if n < 2:
-        return {"n": n, "mean": mean, "sd": math.nan, "lo": math.nan, "hi": math.nan}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
-
-
-def read_at(repo: Path, ref: str, path: str) -> dict[str, Any]:
-    shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True, check=False)
-    return json.loads(shown.stdout) if shown.returncode == 0 else {}
-
-
-def _dig(tree: dict[str, Any], keys: tuple[str, ...]) -> float:
-    for key in keys:
-        if not isinstance(tree, dict) or key not in tree:
-            return math.nan
-        tree = tree[key]
-    return float(tree) if isinstance(tree, (int, float)) else math.nan
+    if len(x) < 2:
+        return {"n": len(x), "mean": float(x.mean()), "sd": math.nan, "lo": math.nan, "hi": math.nan}
+    s = interval(x)
+    return {"n": len(x), "mean": s.mean, "sd": float(x.std(ddof=1)), "lo": s.lo, "hi": s.hi}
 
 
 def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> pd.DataFrame:
-    """One row per landed run: its grid point, seed and headline metrics, from its experiment's commit."""
-    from .driver import exp_ref_prefix, landed
-
+    """One row per landed run: its grid point, seed and summary metrics, read from the evaluate stage's
+    numbers its experiment holds (through DVC, with the schema that wrote them)."""
     present = landed(repo, commit)
     rows = []
     for run in plan["runs"]:
         if run["name"] not in present:
             continue
-        ref, files = exp_ref_prefix(commit) + run["name"], {}
+        found = read_json(repo, exp_ref(commit, run["name"]), DETAILS)
+        details = Details.from_dict(found) if found else None
         row = {"run": run["name"], "point": point_label(run["point"].items()), **run["point"], "seed": run["seed"]}
-        for metric, (_, path, keys) in METRICS.items():
-            files.setdefault(path, read_at(repo, ref, path))
-            row[metric] = _dig(files[path], keys)
+        for metric, (_, read) in SUMMARY.items():
+            value = read(details) if details else None
+            row[metric] = math.nan if value is None else float(value)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -84,28 +52,25 @@ def statistics(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table: one row per grid point and metric, with n, mean, sd and the 95% interval."""
     rows = []
     for point, group in runs.groupby("point", sort=False):
-        for metric, (label, _, _) in METRICS.items():
+        for metric, (label, _) in SUMMARY.items():
             values = group[metric].dropna().tolist()
             if values:
                 rows.append({"point": point, "metric": metric, "label": label, **seed_statistics(values)})
     return pd.DataFrame(rows)
 
 
-def _num(value: float, digits: int = 2) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def verdict(point: str, stats: pd.DataFrame, metric: str = "ais.gap") -> str:
+def point_verdict(point: str, stats: pd.DataFrame, metric: str = "ais.gap") -> str:
     s = stats[(stats.point == point) & (stats.metric == metric)]
     if s.empty:
         return f"{point}: no {metric} landed"
-    s = s.iloc[0]
-    better, sign = ("VAE", 1) if s["mean"] > 0 else ("direct fit", -1)
-    lo, hi = sorted((sign * s["lo"], sign * s["hi"]))
-    spread = (f"95% interval {_num(lo)} to {_num(hi)}, sd {_num(s['sd'])} over {s['n']} seeds"
-              if s["n"] > 1 else "one seed: no interval")
-    unsure = " (the interval includes 0: no clear winner)" if s["n"] > 1 and s["lo"] <= 0 <= s["hi"] else ""
-    return f"the {better} is better by {abs(s['mean']):.2f} ± {_num(s['hi'] - s['mean'])} nats ({spread}){unsure}"
+    row = s.iloc[0]
+    n = int(row["n"])
+    if n < 2:
+        gap = Interval(row["mean"], 0.0, row["mean"], row["mean"], n)
+    else:
+        gap = Interval(row["mean"], row["sd"] / math.sqrt(n), row["lo"], row["hi"], n)
+    sentence, _ = verdict(gap, f"{n} seeds, sd {fmt(row['sd'])}" if n > 1 else "one seed")
+    return sentence
 
 
 def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, planned: int) -> str:
@@ -119,13 +84,13 @@ def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, pl
     for point in runs["point"].unique():
         seeds = ", ".join(map(str, sorted(runs[runs.point == point]["seed"])))
         lines += [f"## {point} (seeds {seeds})", "",
-                  f"**AIS: {verdict(point, stats)}.** IWAE: {verdict(point, stats, 'iwae.gap')}.", "",
+                  f"**AIS: {point_verdict(point, stats)}.** IWAE: {point_verdict(point, stats, 'iwae.gap')}.", "",
                   "| metric | mean | sd | 95% interval |", "|---|---|---|---|"]
         digits = {"knn.vae": 4, "knn.direct": 4}
         for _, s in stats[stats.point == point].iterrows():
             d = digits.get(s["metric"], 2)
-            lines.append(f"| {s['label']} | {_num(s['mean'], d)} | {_num(s['sd'], d)} | "
-                         f"{_num(s['lo'], d)} to {_num(s['hi'], d)} |")
+            lines.append(f"| {s['label']} | {fmt(s['mean'], digits=d)} | {fmt(s['sd'], digits=d)} | "
+                         f"{fmt(s['lo'], digits=d)} to {fmt(s['hi'], digits=d)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -151,7 +116,7 @@ def figure(runs: pd.DataFrame, stats: pd.DataFrame, keys: list[str], path: Path)
                 s = stats[stats.metric == metric].set_index("point").reindex(series["point"])
                 x = series[x_key].to_numpy() if x_key else np.zeros(len(series))
                 err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]])
-                ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), marker="o", capsize=4,
+                ax.errorbar(x, s["mean"], yerr=np.nan_tofmt(err), marker="o", capsize=4,
                             label=f"{fit}{' (' + suffix + ')' if suffix else ''}")
         ax.set_title(title)
         if title.startswith("gap"):
@@ -211,4 +176,4 @@ def _log(parent_run: str, uri: str, files: list[Path], stats: pd.DataFrame) -> N
                         if not math.isnan(s[stat]):
                             client.log_metric(parent_run, f"{s['metric']}.{stat}", float(s[stat]))
     except Exception as err:  # noqa: BLE001 - the files are written; tracking is reported, not fatal
-        print(f"warning: could not log the summary to MLflow ({str(err).splitlines()[0]})")
+        print(f"warning: could not log the summary to MLflow ({str(err).splitlines()[0]})", file=sys.stderr)

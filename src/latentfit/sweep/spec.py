@@ -1,0 +1,59 @@
+"""What a sweep is, fixed before its first run starts: the user's options and the plan they give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LatentfitError
+from ..io import write_json
+from .grid import Run
+from .worker import Transport
+
+
+class SweepError(LatentfitError):
+    """The sweep cannot start, or some of its runs failed."""
+
+
+@dataclass
+class Options:
+    name: str
+    sets: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    address: str | None = None       # a Ray cluster; None starts a local instance
+    git_remote: str | None = None    # None: one machine, runs share this repository and its cache
+    dvc_remote: str | None = None    # the DVC remote's name (default: the repository's default remote)
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    max_retries: int = 2             # Ray re-runs a task whose worker or node died
+    workdir: str | None = None       # where runs clone the repository (default: the node's temp dir)
+    dry_run: bool = False
+
+
+
+@dataclass
+class Sweep:
+    """Everything fixed before the first run starts."""
+
+    repo: Path
+    options: Options
+    commit: str
+    runs: list[Run]
+    todo: list[Run]
+    transport: Transport
+    tracking_uri: str
+    experiment: str
+    remote: str | None = None  # remote mode: the DVC remote's name in this repository
+
+    @property
+    def out_dir(self) -> Path:
+        return self.repo / "metrics" / "sweeps" / self.options.name
+
+    @property
+    def log_dir(self) -> Path:
+        return self.repo / ".dvc" / "tmp" / "sweeps" / self.options.name
+
+    def write_plan(self) -> None:
+        write_json(self.out_dir / "plan.json", {
+            "name": self.options.name, "commit": self.commit, "sets": self.options.sets, "seeds": self.options.seeds,
+            "runs": [{"name": r.name, "point": dict(r.point), "seed": r.seed} for r in self.runs]})
