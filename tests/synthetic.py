@@ -30,7 +30,7 @@ def synthetic_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, 10, size=count).astype(np.uint8)
     shifts = rng.integers(-2, 3, size=(count, 2))
     images = np.empty((count, 28, 28), dtype=np.uint8)
-    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts)):
+    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts, strict=False)):
         images[i] = np.roll(templates[label], (dy, dx), axis=(0, 1))
     return images, labels
 

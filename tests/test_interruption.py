@@ -103,7 +103,7 @@ def test_changed_params_discard_the_checkpoint(tmp_path):
     params["train_vae"]["lr"] = 0.002
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     out = finish(stage(path))
-    assert "discarding stale checkpoint" in out and "resuming" not in out
+    assert "discarding checkpoint" in out and "other params" in out and "resuming" not in out
 
 
 @pytest.fixture(autouse=True)

@@ -56,9 +56,9 @@ def test_vae_steps_match_the_notebook():
         rec, kl = elbo_terms(y, *vae(y, noise))
         loss = rec.mean() + kl.mean()
         torch.testing.assert_close(loss, ref_loss, **TOL)
-        for o, l in ((ref_opt, ref_loss), (opt, loss)):
+        for o, objective in ((ref_opt, ref_loss), (opt, loss)):
             o.zero_grad()
-            l.backward()
+            objective.backward()
             o.step()
     torch.testing.assert_close(vae.decoder.fc2.weight, ref.dec2.weight, **TOL)
     torch.testing.assert_close(vae.encoder.head.weight[:20], ref.enc_mu.weight, **TOL)
@@ -75,9 +75,9 @@ def test_direct_steps_match_the_notebook():
         ref_loss = -(torch.logsumexp(lp, 1) - math.log(64)).mean()
         loss = -mc_marginal_log_prob(y, decoder(z)).mean()
         torch.testing.assert_close(loss, ref_loss, **TOL)
-        for o, l in ((ref_opt, ref_loss), (opt, loss)):
+        for o, objective in ((ref_opt, ref_loss), (opt, loss)):
             o.zero_grad()
-            l.backward()
+            objective.backward()
             o.step()
     torch.testing.assert_close(decoder.fc2.weight, ref.dec2.weight, **TOL)
 

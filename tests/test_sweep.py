@@ -42,7 +42,7 @@ def test_a_grid_times_seeds_gives_one_named_run_each_with_every_seed_set():
     assert len({r.name for r in runs}) == 8
     run = runs[-1]
     assert run.overrides == {"train_vae.epochs": 3, "model.z_dim": 20, "train_direct.mc_samples": 64,
-                             **{k: 1 for k in SEED_KEYS}}
+                             **dict.fromkeys(SEED_KEYS, 1)}
     assert "-S" in run.set_args() and "train_vae.epochs=3" in run.set_args()
     # two swept keys with the same last part keep their sections in the name
     both = plan("lr", ["train_vae.lr=0.001,0.002", "train_direct.lr=0.001,0.002"], [0], PARAMS)

@@ -193,7 +193,7 @@ def simulate(decoder: Decoder, n: int, generator: torch.Generator,
 
 def batched(fn, x: torch.Tensor, *extra: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Apply a per-image estimator to `x` (and row-aligned `extra` tensors) `batch_size` images at a time."""
-    parts = [fn(*chunk) for chunk in zip(x.split(batch_size), *(e.split(batch_size) for e in extra))]
+    parts = [fn(*chunk) for chunk in zip(x.split(batch_size), *(e.split(batch_size) for e in extra), strict=False)]
     return torch.cat(parts)
 
 

@@ -31,18 +31,21 @@ class Checkpoint:
             return []
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - a damaged checkpoint is only a lost head start
-            state = None
-        if not state or state.get("key") != self.key:
-            print(f"discarding stale checkpoint {self.path} (written under other params)", file=sys.stderr)
-            self.clear()
-            return []
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint is only a lost head start
+            return self._discard(f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        if not isinstance(state, dict) or state.get("key") != self.key:
+            return self._discard("written under other params")
         self.model.load_state_dict(state.pop("model"))
         self.optimizer.load_state_dict(state.pop("optimizer"))
         self.generator.set_state(state.pop("generator"))
         history = state.pop("history")
         print(f"resuming after epoch {len(history)} from {self.path}", file=sys.stderr)
         return history
+
+    def _discard(self, why: str) -> list[dict]:
+        print(f"discarding checkpoint {self.path} ({why}); training starts afresh", file=sys.stderr)
+        self.clear()
+        return []
 
     def save(self, history: list[dict]) -> None:
         save_torch(self.path, {"key": self.key, "model": self.model.state_dict(),

@@ -178,7 +178,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             continue  # the dataclass default applies
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name], f"{prefix}{name}.")
+            values[name] = _build(typing.cast(type, hint), raw[name], f"{prefix}{name}.")
         else:
             values[name] = _coerce(raw[name], hint, prefix + name, f.metadata.get("rules", {}))
     return cls(**values)

@@ -62,7 +62,8 @@ def fetch_dataset(dataset: str, mirrors: list[str], dest: str | Path, timeout: f
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     sources = [(m, False) for m in mirrors] + [(m, True) for m in official_mirrors(dataset)]
-    paths, unreachable = [], {}
+    paths: list[Path] = []
+    unreachable: dict[str, str] = {}
     for spec in file_specs(dataset):
         failures = []
         for source, official in sources:

@@ -26,7 +26,7 @@ def image_rows(rows: list[tuple[str, torch.Tensor]], ncols: int, title: str | No
     heights = [max(1, -(-len(images) // ncols)) for _, images in rows]
     fig, axes = plt.subplots(len(rows), 1, figsize=(cell * ncols + 1.2, cell * sum(heights) + 0.5),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (label, images) in zip(axes[:, 0], rows):
+    for ax, (label, images) in zip(axes[:, 0], rows, strict=False):
         grid = make_grid(_as_images(images), nrow=ncols, padding=2, pad_value=1.0)[0]
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
@@ -63,7 +63,7 @@ def latent_manifold(panels: list[tuple[str, torch.Tensor]], steps: int, span: fl
     """Decoders over a 2-D latent grid, one panel each. Each tensor holds steps x steps images in
     row-major order from the top left: z_2 falls from +span down the rows, z_1 rises along them."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.3), squeeze=False)
-    for ax, (title, images) in zip(axes[0], panels):
+    for ax, (title, images) in zip(axes[0], panels, strict=False):
         grid = make_grid(_as_images(images), nrow=steps, padding=0)[0]
         half = span * steps / (steps - 1)  # images are centred on their grid points
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, extent=(-half, half, -half, half))
@@ -108,7 +108,7 @@ def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float], iwae_label: str 
 def denoise_sweep(table: pd.DataFrame) -> Figure:
     """Reconstruction error against the pixel-flip probability, VAE encoder vs direct prior search."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, error, unit in zip(axes, ("bce", "mse"), ("nats/image", "per pixel")):
+    for ax, error, unit in zip(axes, ("bce", "mse"), ("nats/image", "per pixel"), strict=False):
         for i, name in enumerate(("vae", "direct")):
             ax.plot(table["flip_prob"], table[f"{name}_{error}"], "o-", color=f"C{i}", label=name)
         ax.set_xlabel("flip probability")
@@ -126,7 +126,7 @@ def estimator_convergence(table: pd.DataFrame) -> Figure:
               "ais": ("AIS (cost: chains x distributions x leapfrog)", "^-")}
     fits = [f for f in ("vae", "direct") if f in set(table["fit"])]
     fig, axes = plt.subplots(1, len(fits), figsize=(6 * len(fits), 4.2), squeeze=False)
-    for ax, fit in zip(axes[0], fits):
+    for ax, fit in zip(axes[0], fits, strict=False):
         for i, (estimator, (label, style)) in enumerate(styles.items()):
             rows = table[(table["fit"] == fit) & (table["estimator"] == estimator)].sort_values("cost")
             ax.plot(rows["cost"], rows["nll"], style, color=f"C{i}", label=label)

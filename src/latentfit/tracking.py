@@ -65,10 +65,8 @@ def use_experiment(name: str, artifacts: Path | None) -> str:
     import mlflow
 
     if artifacts is not None and mlflow.get_experiment_by_name(name) is None:
-        try:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # a parallel stage created it first
             mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
-        except mlflow.exceptions.MlflowException:
-            pass  # a parallel stage created it first
     experiment = mlflow.set_experiment(name)
     if experiment.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:
         # MLflow 3's UI opens an experiment of unknown kind on its GenAI overview ("Traces 0"):

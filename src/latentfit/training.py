@@ -1,4 +1,5 @@
-"""Epoch loops for both fits (the training stages' code; evaluate runs fit_vae for its post-hoc encoders). Each yields one record per epoch; the caller logs and checkpoints.
+"""Epoch loops for both fits (the training stages' code; evaluate runs fit_vae for its post-hoc
+encoders). Each yields one record per epoch; the caller logs and checkpoints.
 
 Batches are sliced from tensors already on the device, and per-batch sums stay on the device:
 the loops sync with the host once per epoch, not once per batch.

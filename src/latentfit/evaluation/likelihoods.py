@@ -59,6 +59,10 @@ def fit_posthoc_encoder(decoder: Decoder, x_train: torch.Tensor, hidden: int, p:
     return model.eval()
 
 
+def _prefixed(log: Callable[[dict[str, Any], str], None], prefix: str) -> Callable[[dict[str, Any]], None]:
+    return lambda record: log(record, prefix)
+
+
 def _iwae(model: VAE, x: torch.Tensor, ks: list[int], g: torch.Generator, batch_size: int = 32) -> PerImage:
     parts = [iwae_log_prob_curve(model, y, ks, g) for y in x.split(batch_size)]
     return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
@@ -66,7 +70,7 @@ def _iwae(model: VAE, x: torch.Tensor, ks: list[int], g: torch.Generator, batch_
 
 def likelihoods(decoders: dict[str, Decoder], vae: VAE, x_train: torch.Tensor, x: torch.Tensor, p: EvaluateParams,
                 *, hidden: int, g: torch.Generator, log: Callable[[dict[str, Any], str], None]) -> Likelihoods:
-    posthoc = {name: fit_posthoc_encoder(dec, x_train, hidden, p, g, lambda r, n=name: log(r, f"posthoc_{n}."))
+    posthoc = {name: fit_posthoc_encoder(dec, x_train, hidden, p, g, _prefixed(log, f"posthoc_{name}."))
                for name, dec in decoders.items()}
     draws = torch.randn(p.prior_mc_samples, vae.decoder.z_dim, generator=g, device=x.device)
     sizes = [*p.prior_mc_curve, len(draws)]
@@ -118,7 +122,7 @@ def estimator_curves(decoders: dict[str, Decoder], x: torch.Tensor, lik: Likelih
             rows.append({"estimator": "prior", "fit": name, "cost": m, "nll": -log_p[:n].mean().item()})
         for k, log_p in lik.iwae[name].items():
             rows.append({"estimator": "iwae", "fit": name, "cost": k, "nll": -log_p[:n].mean().item()})
-        lengths: dict[int, torch.Tensor | None] = {steps: None for steps in p.ais_curve_steps}
+        lengths: dict[int, torch.Tensor | None] = dict.fromkeys(p.ais_curve_steps)
         lengths[p.ais_steps] = lik.ais[name][:n]
         for steps, known in sorted(lengths.items()):
             schedule = dataclasses.replace(ais_schedule(p), steps=steps)

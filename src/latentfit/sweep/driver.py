@@ -171,7 +171,7 @@ def _land(sweep: Sweep, outcome: Outcome) -> Outcome:
     """Remote mode: fetch the experiment (refs, outputs, run cache) into this repository."""
     if sweep.transport.shared_cache:
         return outcome
-    pulled = dvc(sweep.repo, "exp", "pull", "-r", sweep.remote, sweep.transport.git_remote, outcome.name)
+    pulled = dvc(sweep.repo, "exp", "pull", "-r", sweep.dvc_remote, sweep.transport.git_remote, outcome.name)
     if pulled.returncode == 0 and outcome.name in landed(sweep.repo, sweep.commit):
         return outcome
     return Outcome(outcome.name, False, outcome.node, outcome.log, outcome.seconds,

@@ -31,7 +31,7 @@ class Run:
     @property
     def overrides(self) -> dict[str, Any]:
         """Every param this run sets on top of the committed params.yaml."""
-        return dict(self.fixed) | dict(self.point) | {key: self.seed for key in SEED_KEYS}
+        return dict(self.fixed) | dict(self.point) | dict.fromkeys(SEED_KEYS, self.seed)
 
     @property
     def point_label(self) -> str:
@@ -93,7 +93,7 @@ def parse_seeds(text: str) -> list[int]:
 def _short_keys(keys: list[str]) -> dict[str, str]:
     """The last part of each key for run names, the whole key where two swept keys share it."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=False)}
 
 
 def run_name(sweep: str, point: tuple[tuple[str, Any], ...], seed: int, short: dict[str, str]) -> str:
@@ -117,7 +117,7 @@ def plan(sweep: str, sets: list[str], seeds: list[int], params: dict[str, Any]) 
     short = _short_keys([k for k, _ in swept])
     runs = []
     for values in itertools.product(*(v for _, v in swept)):
-        point = tuple(zip((k for k, _ in swept), values))
+        point = tuple(zip((k for k, _ in swept), values, strict=False))
         for seed in seeds:
             runs.append(Run(run_name(sweep, point, seed, short), point, seed, fixed))
     for run in runs[:: len(seeds)]:  # one check per grid point: seeds are always valid

@@ -95,9 +95,9 @@ def publish_base(sweep: Sweep) -> None:
     if t.shared_cache:
         return
     git(sweep.repo, "push", "--quiet", "--force", t.git_remote, f"{sweep.commit}:{t.base_ref}")
-    pushed = dvc(sweep.repo, "push", "--run-cache", "--quiet", "-r", sweep.remote)
+    pushed = dvc(sweep.repo, "push", "--run-cache", "--quiet", "-r", sweep.dvc_remote)
     try:
-        push_run_cache_outputs(sweep.repo, sweep.remote)
+        push_run_cache_outputs(sweep.repo, sweep.dvc_remote)
     except Exception as err:  # noqa: BLE001 - only costs the runs a recomputation
         pushed = subprocess.CompletedProcess([], 1, "", str(err))
     if pushed.returncode != 0:

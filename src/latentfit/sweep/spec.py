@@ -53,6 +53,13 @@ class Sweep:
     def log_dir(self) -> Path:
         return self.repo / ".dvc" / "tmp" / "sweeps" / self.options.name
 
+    @property
+    def dvc_remote(self) -> str:
+        """The DVC remote's name in this repository: remote mode only (on one machine runs share the cache)."""
+        if self.remote is None:
+            raise SweepError("this sweep's runs share this machine's DVC cache: it has no DVC remote")
+        return self.remote
+
     def write_plan(self) -> None:
         write_json(self.out_dir / "plan.json", {
             "name": self.options.name, "commit": self.commit, "sets": self.options.sets, "seeds": self.options.seeds,

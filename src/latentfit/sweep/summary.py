@@ -109,14 +109,14 @@ def figure(runs: pd.DataFrame, stats: pd.DataFrame, keys: list[str], path: Path)
     x_key, rest = (keys[0], keys[1:]) if keys else (None, [])
     points = runs.drop_duplicates("point")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], panels):
+    for ax, (title, lines) in zip(axes[0], panels, strict=False):
         for series_key, series in (points.groupby(rest, sort=False) if rest else [((), points)]):
-            suffix = ", ".join(f"{k}={v}" for k, v in zip(rest, np.atleast_1d(series_key))) if rest else ""
+            suffix = ", ".join(f"{k}={v}" for k, v in zip(rest, np.atleast_1d(series_key), strict=False)) if rest else ""
             for fit, metric in lines.items():
                 s = stats[stats.metric == metric].set_index("point").reindex(series["point"])
                 x = series[x_key].to_numpy() if x_key else np.zeros(len(series))
                 err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]])
-                ax.errorbar(x, s["mean"], yerr=np.nan_tofmt(err), marker="o", capsize=4,
+                ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), marker="o", capsize=4,
                             label=f"{fit}{' (' + suffix + ')' if suffix else ''}")
         ax.set_title(title)
         if title.startswith("gap"):

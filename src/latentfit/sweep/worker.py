@@ -162,11 +162,11 @@ def run_experiment(run: Run, commit: str, transport: Transport, env: dict[str, s
             _step(["git", "config", "user.name", name or "latentfit sweep"], clone, environ, log)
             _step(["git", "config", "user.email", email or "latentfit@localhost"], clone, environ, log)
             push = [*dvc, "exp", "push"]
-            if transport.shared_cache:
+            if transport.cache_dir is not None:
                 _step([*dvc, "config", "--local", "cache.dir", transport.cache_dir], clone, environ, log)
                 push.append("--no-cache")
             else:
-                _step([*dvc, "remote", "add", "--local", "--force", "--default", "sweep", transport.dvc_remote],
+                _step([*dvc, "remote", "add", "--local", "--force", "--default", "sweep", str(transport.dvc_remote)],
                       clone, environ, log)
                 # what other runs computed (their run cache and outputs), so a shared stage is not re-run
                 _step([*dvc, "fetch", "--run-cache", "--quiet"], clone, environ, log)
