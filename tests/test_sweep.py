@@ -122,3 +122,47 @@ def test_a_dirty_tree_or_an_unreachable_remote_is_refused_before_anything_runs(t
     sweep = prepare(Options(name="s", sets=["model.z_dim=2,5"], seeds=[0, 1]), repo)
     assert [r.name for r in sweep.todo] == ["s-z_dim=2-seed=0", "s-z_dim=2-seed=1", "s-z_dim=5-seed=0",
                                             "s-z_dim=5-seed=1"]
+
+
+def test_a_run_restored_whole_from_the_cache_gets_its_pipeline_run_once(tmp_path):
+    """A landed run in which no stage ran logged nothing to MLflow: the sweep records its pipeline run
+    under the sweep's run, with the params and metrics its experiment's commit holds, and only once."""
+    import json
+
+    import mlflow
+
+    from latentfit.evaluation.schema import Details
+    from latentfit.sweep.mlflow_runs import record_restored
+    from latentfit.sweep.repo import exp_ref
+    from latentfit.sweep.spec import Sweep
+    from latentfit.sweep.worker import Transport
+
+    repo = _git_repo(tmp_path / "repo")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    runs = plan("r", ["model.z_dim=2,5"], [0], PARAMS)
+    (repo / "metrics").mkdir()
+    (repo / "metrics/train_vae.json").write_text(json.dumps({"train": {"vae": 101.5}}))
+    details = json.loads((ROOT / "tests/data/evaluate_details.json").read_text())
+    (repo / "metrics/evaluate_details.json").write_text(json.dumps(details))
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "the experiment"], cwd=repo, check=True)
+    exp_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    subprocess.run(["git", "update-ref", exp_ref(base, runs[0].name), exp_commit], cwd=repo, check=True)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("latentfit")
+    parent = client.create_run(experiment, run_name="sweep r").info.run_id
+    sweep = Sweep(repo, Options(name="r", sets=["model.z_dim=2,5"]), base, runs, runs,
+                  Transport(source=str(repo), git_remote=str(repo), cache_dir=str(tmp_path / "cache")), uri, "latentfit")
+    for _ in range(2):
+        record_restored(sweep, parent, runs[0].name)
+    (restored,) = client.search_runs([experiment], f"tags.dvc_exp = '{runs[0].name}'")
+    assert restored.data.tags["restored"] == "true" and restored.data.tags["mlflow.parentRunId"] == parent
+    assert restored.data.tags["sweep_point"] == "model.z_dim=2"
+    assert restored.data.params["model.z_dim"] == "20", "the params its commit holds"
+    assert restored.data.metrics["train_vae.train.vae"] == 101.5
+    written = Details.from_dict(details)
+    assert restored.data.metrics["evaluate.vae.test.ais_nll"] == written.vae.test.ais_nll

@@ -4,7 +4,6 @@ run a DVC experiment with a deterministic name, checked against params.yaml befo
 from __future__ import annotations
 
 import copy
-import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -101,6 +100,16 @@ def run_name(sweep: str, point: tuple[tuple[str, Any], ...], seed: int, short: d
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", "-".join(parts))
 
 
+def grid_points(sets: list[str]) -> list[dict[str, Any]]:
+    """Every combination of the `-S` options, expanded by DVC's own `get_hydra_sweeps` (what `dvc exp
+    run -S` queues with), each as {key: value}."""
+    from dvc.utils.hydra import get_hydra_sweeps, to_hydra_overrides
+
+    options = [f"{key.strip()}={text.strip()}" for key, _, text in (o.partition("=") for o in sets)]
+    combos = get_hydra_sweeps({"params.yaml": options})
+    return [{o.key_or_group: o.value() for o in to_hydra_overrides(combo["params.yaml"])} for combo in combos]
+
+
 def plan(sweep: str, sets: list[str], seeds: list[int], params: dict[str, Any]) -> list[Run]:
     """Every run of the sweep, each checked against `params` (the committed params.yaml, parsed) with
     its overrides applied: a bad key or value raises ParamsError naming the option, before anything runs."""
@@ -116,8 +125,8 @@ def plan(sweep: str, sets: list[str], seeds: list[int], params: dict[str, Any]) 
     fixed = tuple((k, v[0]) for k, v in parsed if len(v) == 1)
     short = _short_keys([k for k, _ in swept])
     runs = []
-    for values in itertools.product(*(v for _, v in swept)):
-        point = tuple(zip((k for k, _ in swept), values, strict=False))
+    for values in grid_points(sets):  # the points `dvc exp run -S` would queue, in its order
+        point = tuple((k, values[k]) for k, _ in swept)
         for seed in seeds:
             runs.append(Run(run_name(sweep, point, seed, short), point, seed, fixed))
     for run in runs[:: len(seeds)]:  # one check per grid point: seeds are always valid

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from ..tracking import (
 )
 from .grid import Run
 from .repo import exp_ref, git, read_json
-from .spec import Sweep
+from .spec import Sweep, reported
 
 
 @contextlib.contextmanager
@@ -42,9 +41,9 @@ def _tracking(uri: str) -> Iterator[None]:
 
 def sweep_parent(sweep: Sweep) -> str | None:
     """The sweep's MLflow run (found again when the same sweep is re-run), with its plan as params."""
-    try:
-        import mlflow
+    import mlflow
 
+    with reported(f"MLflow store {sweep.tracking_uri} cannot take the sweep's run; the experiments still land in DVC"):
         local = sweep.tracking_uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ
         with store_lock(sweep.tracking_uri), _tracking(sweep.tracking_uri):
             exp_id = use_experiment(sweep.experiment, sweep.repo / "mlartifacts" if local else None)
@@ -61,10 +60,7 @@ def sweep_parent(sweep: Sweep) -> str | None:
                                "seeds": ",".join(map(str, sweep.options.seeds)), "runs": len(sweep.runs)}.items():
                 client.log_param(run.info.run_id, key, value)
             return run.info.run_id
-    except Exception as err:  # noqa: BLE001 - DVC is the source of truth; tracking is reported, not fatal
-        print(f"warning: MLflow store {sweep.tracking_uri} cannot take the sweep's run ({str(err).splitlines()[0]}); "
-              "the experiments still land in DVC", file=sys.stderr)
-        return None
+    return None
 
 
 def find_parent(repo: Path, name: str) -> tuple[str | None, str]:
@@ -89,33 +85,30 @@ def record_restored(sweep: Sweep, parent: str | None, name: str) -> None:
     if parent is None:
         return
 
-    try:
-        import mlflow
+    import mlflow
 
-        with store_lock(sweep.tracking_uri):
-            client = mlflow.MlflowClient(sweep.tracking_uri)
-            exp_id = client.get_run(parent).info.experiment_id
-            query = f"tags.dvc_exp = '{name}' and tags.stage = '{PARENT}' and tags.sweep = '{sweep.options.name}'"
-            if client.search_runs([exp_id], query, max_results=1):
-                return
-            ref = exp_ref(sweep.commit, name)
-            run = next(r for r in sweep.runs if r.name == name)
-            tags = {"stage": PARENT, "dvc_exp": name, "pipeline": name, "git_commit": sweep.commit,
-                    "sweep": sweep.options.name, "sweep_point": run.point_label, "sweep_seed": str(run.seed),
-                    "mlflow.parentRunId": parent, "restored": "true",
-                    "mlflow.note.content": "No stage ran: DVC restored every output from its cache. The params and "
-                                           "metrics are those of the experiment's commit."}
-            created = client.create_run(exp_id, run_name=name, tags=tags)
-            params = yaml.safe_load(git(sweep.repo, "show", f"{ref}:params.yaml")) or {}
-            for key, value in loggable_params(to_flat_dict(parse_params(params))).items():
-                client.log_param(created.info.run_id, key, value)
-            for stage, path in (("train_vae", "metrics/train_vae.json"), ("train_direct", "metrics/train_direct.json"),
-                                ("evaluate", "metrics/evaluate_details.json")):
-                for key, value in flatten_numbers(read_json(sweep.repo, ref, path)).items():
-                    client.log_metric(created.info.run_id, f"{stage}.{key}", float(value))
-            client.set_terminated(created.info.run_id, "FINISHED")
-    except Exception as err:  # noqa: BLE001 - DVC is the source of truth; tracking is reported, not fatal
-        print(f"warning: could not record {name} in MLflow ({str(err).splitlines()[0]})", file=sys.stderr)
+    with reported(f"could not record {name} in MLflow"), store_lock(sweep.tracking_uri):
+        client = mlflow.MlflowClient(sweep.tracking_uri)
+        exp_id = client.get_run(parent).info.experiment_id
+        query = f"tags.dvc_exp = '{name}' and tags.stage = '{PARENT}' and tags.sweep = '{sweep.options.name}'"
+        if client.search_runs([exp_id], query, max_results=1):
+            return
+        ref = exp_ref(sweep.commit, name)
+        run = next(r for r in sweep.runs if r.name == name)
+        tags = {"stage": PARENT, "dvc_exp": name, "pipeline": name, "git_commit": sweep.commit,
+                "sweep": sweep.options.name, "sweep_point": run.point_label, "sweep_seed": str(run.seed),
+                "mlflow.parentRunId": parent, "restored": "true",
+                "mlflow.note.content": "No stage ran: DVC restored every output from its cache. The params and "
+                                       "metrics are those of the experiment's commit."}
+        created = client.create_run(exp_id, run_name=name, tags=tags)
+        params = yaml.safe_load(git(sweep.repo, "show", f"{ref}:params.yaml")) or {}
+        for key, value in loggable_params(to_flat_dict(parse_params(params))).items():
+            client.log_param(created.info.run_id, key, value)
+        for stage, path in (("train_vae", "metrics/train_vae.json"), ("train_direct", "metrics/train_direct.json"),
+                            ("evaluate", "metrics/evaluate_details.json")):
+            for key, value in flatten_numbers(read_json(sweep.repo, ref, path)).items():
+                client.log_metric(created.info.run_id, f"{stage}.{key}", float(value))
+        client.set_terminated(created.info.run_id, "FINISHED")
 
 
 def run_env(sweep: Sweep, run: Run, parent: str | None) -> dict[str, str]:

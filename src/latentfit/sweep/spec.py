@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,3 +67,14 @@ class Sweep:
         write_json(self.out_dir / "plan.json", {
             "name": self.options.name, "commit": self.commit, "sets": self.options.sets, "seeds": self.options.seeds,
             "runs": [{"name": r.name, "point": dict(r.point), "seed": r.seed} for r in self.runs]})
+
+
+@contextlib.contextmanager
+def reported(what: str) -> Iterator[None]:
+    """A block whose failure costs a record, not the sweep (DVC is the source of truth, MLflow mirrors
+    it): report the failure on stderr as `warning: <what> (<first line>)` and go on after the block."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - any failure of a best-effort record is reported alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"warning: {what} ({first})", file=sys.stderr)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..evaluation.schema import SUMMARY, Details, Interval, fmt, interval, verdi
 from ..io import save_figure, write_text
 from .grid import point_label
 from .repo import exp_ref, landed, read_json
+from .spec import reported
 
 DETAILS = "metrics/evaluate_details.json"  # the evaluate stage's numbers, in every landed experiment
 
@@ -165,15 +165,12 @@ def _log(parent_run: str, uri: str, files: list[Path], stats: pd.DataFrame) -> N
 
     from ..tracking import store_lock
 
-    try:
-        with store_lock(uri):
-            client = mlflow.MlflowClient(uri)
-            for f in files:
-                client.log_artifact(parent_run, str(f), "summary")
-            if stats["point"].nunique() == 1:  # one grid point: its statistics are the sweep's metrics
-                for _, s in stats.iterrows():
-                    for stat in ("mean", "sd", "lo", "hi"):
-                        if not math.isnan(s[stat]):
-                            client.log_metric(parent_run, f"{s['metric']}.{stat}", float(s[stat]))
-    except Exception as err:  # noqa: BLE001 - the files are written; tracking is reported, not fatal
-        print(f"warning: could not log the summary to MLflow ({str(err).splitlines()[0]})", file=sys.stderr)
+    with reported("could not log the summary to MLflow"), store_lock(uri):
+        client = mlflow.MlflowClient(uri)
+        for f in files:
+            client.log_artifact(parent_run, str(f), "summary")
+        if stats["point"].nunique() == 1:  # one grid point: its statistics are the sweep's metrics
+            for _, s in stats.iterrows():
+                for stat in ("mean", "sd", "lo", "hi"):
+                    if not math.isnan(s[stat]):
+                        client.log_metric(parent_run, f"{s['metric']}.{stat}", float(s[stat]))
