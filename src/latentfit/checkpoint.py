@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .io import save_torch
+from .runtime import share_cpus
 
 
 class Checkpoint:
@@ -71,4 +72,5 @@ def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, tot
             checkpoint.save(history)
             tqdm.write(line(record))
             bar.update()
+            share_cpus()  # a neighbour may have started or ended since the last epoch
     return history

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 
 from .errors import ParamsError
 
-__all__ = ["Params", "ParamsError", "load_params", "parse_params", "to_flat_dict"]
+__all__ = ["THREADS_ENV", "Params", "ParamsError", "load_params", "parse_params", "thread_override", "to_flat_dict"]
 
 
 def _check(**rules: Any) -> dict:
@@ -141,6 +142,21 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from err
     return parse_params(raw)
+
+
+THREADS_ENV = "LATENTFIT_THREADS"
+
+
+def thread_override() -> int | None:
+    """The CPU threads a stage must use, from LATENTFIT_THREADS; None (unset): its share of the machine.
+    Not a param: the thread count is how a result is computed, not what (DVC re-runs nothing for it)."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ParamsError(f"{THREADS_ENV}={text!r} must be a whole number of threads >= 1; unset it to let each "
+                          "stage take its share of the cores")
+    return int(text)
 
 
 def parse_params(raw: Any) -> Params:

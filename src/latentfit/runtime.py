@@ -1,15 +1,25 @@
-"""What every stage does first and last: pick the device, seed, and fail with a clear message."""
+"""What every stage does first and last: take its share of the cores, pick the device, seed, and fail
+with a clear message."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .config import thread_override
 from .errors import LatentfitError, ParamsError
+
+# One file per running stage of this user on this machine (its pid): the queue's workers, a sweep's Ray
+# tasks and a person's `dvc repro` all share the same cores, whatever repository they run in.
+RUNNING = Path(tempfile.gettempdir()) / f"latentfit-stages-{os.getuid()}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -28,6 +38,53 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def machine_cores() -> int:
+    """The cores this process may run on (a container's or Ray's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def running_stages() -> int:
+    """Stages running now on this machine (this one included), forgetting those that died."""
+    alive = 0
+    for mark in RUNNING.glob("*"):
+        if not mark.name.isdigit():
+            continue
+        try:
+            os.kill(int(mark.name), 0)
+            alive += 1
+        except ProcessLookupError:
+            mark.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            alive += 1
+    return max(alive, 1)
+
+
+def share_cpus() -> int:
+    """Size torch's and the BLAS libraries' thread pools to this stage's share of the cores: two stages side
+    by side on two cores take one thread each, rather than each spinning two against the other (several
+    times slower than one after the other). LATENTFIT_THREADS overrides it. Call it again between long
+    steps: the share grows when a neighbour ends. Thread counts can move a result in its last digits."""
+    threads = thread_override() or max(1, machine_cores() // running_stages())
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)  # numpy, scipy and scikit-learn
+    return threads
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """Count this process among the running stages for the duration of the block."""
+    RUNNING.mkdir(parents=True, exist_ok=True)
+    mark = RUNNING / str(os.getpid())
+    mark.touch()
+    try:
+        yield
+    finally:
+        mark.unlink(missing_ok=True)
+
+
 def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
     """Run a stage's main(); a user error prints one clear line and exits 1, with no traceback."""
 
@@ -35,7 +92,9 @@ def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
         @functools.wraps(main)
         def run() -> None:
             try:
-                main()
+                with registered():
+                    share_cpus()
+                    main()
             except LatentfitError as err:
                 print(f"\n{stage}: error: {err}", file=sys.stderr)
                 sys.exit(1)

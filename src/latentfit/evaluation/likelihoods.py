@@ -24,6 +24,7 @@ from ..estimators import (
 )
 from ..models import VAE, Decoder
 from ..posthoc import posthoc_encoder
+from ..runtime import share_cpus
 from ..training import fit_vae, make_optimizer
 from .schema import Bdmc, BdmcPair, EstimatorRow, Fit, Gaps, TestScores, Verdict
 from .structure import entropy_floor
@@ -72,16 +73,19 @@ def likelihoods(decoders: dict[str, Decoder], vae: VAE, x_train: torch.Tensor, x
                 *, hidden: int, g: torch.Generator, log: Callable[[dict[str, Any], str], None]) -> Likelihoods:
     posthoc = {name: fit_posthoc_encoder(dec, x_train, hidden, p, g, _prefixed(log, f"posthoc_{name}."))
                for name, dec in decoders.items()}
+    share_cpus()  # between long steps: a neighbouring stage may have started or ended
     draws = torch.randn(p.prior_mc_samples, vae.decoder.z_dim, generator=g, device=x.device)
     sizes = [*p.prior_mc_curve, len(draws)]
     prior = {name: prior_mc_log_prob(dec, x, draws, sizes, p.batch_size) for name, dec in decoders.items()}
     ks = [*p.iwae_curve, p.iwae_samples]
     iwae_models = {"vae": vae, "direct": posthoc["direct"], "vae_posthoc": posthoc["vae"]}
     iwae = {name: _iwae(model, x[: p.iwae_images], ks, g) for name, model in iwae_models.items()}
+    share_cpus()
     schedule, ais_x = ais_schedule(p), x[: p.ais_images]
     ais = {name: batched(lambda y, d=dec: ais_log_prob(d, y, chains=p.ais_chains, schedule=schedule, generator=g),
                          ais_x, batch_size=p.ais_batch_size)
            for name, dec in tqdm(decoders.items(), desc="AIS", leave=False)}
+    share_cpus()
     checks = {name: bdmc(dec, p.bdmc_images, chains=p.ais_chains, schedule=schedule, generator=g,
                          batch_size=p.ais_batch_size) for name, dec in decoders.items()}
     return Likelihoods(posthoc, prior, iwae, ais, checks)

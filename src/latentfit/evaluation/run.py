@@ -11,6 +11,7 @@ import torch
 
 from ..config import EvaluateParams
 from ..models import VAE, Decoder
+from ..runtime import share_cpus
 from .likelihoods import estimator_curves, likelihoods, scores
 from .schema import Data, DataTest, Details
 from .structure import denoising, entropy_floor, latent_structure, sample_quality
@@ -36,9 +37,11 @@ def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: di
     x_train, x = train["x"], test["x"]
     decoders = {"vae": vae.decoder, "direct": direct}
     lik = likelihoods(decoders, vae, x_train, x, p, hidden=hidden, g=g, log=log)
+    share_cpus()  # between long steps: a neighbouring stage may have started or ended
     vae_fit, direct_fit, gaps, verdict, checks = scores(lik, vae, direct, x, p, g, train_draws)
     denoise = denoising(vae, direct, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, g)
     latent = latent_structure({"vae": vae, "direct": lik.posthoc["direct"]}, x_train, train["y"], x, test["y"], p)
+    share_cpus()
     samples = sample_quality(decoders, train, test, p, g)
     curve = estimator_curves(decoders, x[: p.ais_curve_images], lik, p, g)
     details = Details(vae=vae_fit, direct=direct_fit, gap=gaps, verdict=verdict, bdmc=checks,

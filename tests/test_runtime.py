@@ -1,0 +1,44 @@
+"""Stages running side by side share the cores instead of each taking all of them."""
+
+import subprocess
+
+import pytest
+import torch
+
+from latentfit import runtime
+from latentfit.errors import ParamsError
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "RUNNING", tmp_path / "running")
+    monkeypatch.delenv("LATENTFIT_THREADS", raising=False)
+    before = torch.get_num_threads()
+    yield tmp_path / "running"
+    torch.set_num_threads(before)
+
+
+def test_two_stages_side_by_side_take_half_the_cores_each(registry):
+    neighbour = subprocess.Popen(["sleep", "60"])
+    try:
+        with runtime.registered():
+            assert runtime.share_cpus() == runtime.machine_cores()  # alone: every core
+            (registry / str(neighbour.pid)).touch()  # another stage starts beside this one
+            assert runtime.running_stages() == 2
+            assert runtime.share_cpus() == max(1, runtime.machine_cores() // 2) == torch.get_num_threads()
+            neighbour.kill()
+            neighbour.wait()
+            assert runtime.running_stages() == 1, "a stage that died is forgotten"
+            assert not (registry / str(neighbour.pid)).exists()
+            assert runtime.share_cpus() == runtime.machine_cores()
+        assert list(registry.iterdir()) == [], "a stage that ends leaves the registry"
+    finally:
+        neighbour.kill()
+
+
+def test_latentfit_threads_overrides_the_share(registry, monkeypatch):
+    monkeypatch.setenv("LATENTFIT_THREADS", "1")
+    assert runtime.share_cpus() == 1 == torch.get_num_threads()
+    monkeypatch.setenv("LATENTFIT_THREADS", "two")
+    with pytest.raises(ParamsError, match="LATENTFIT_THREADS='two' must be a whole number"):
+        runtime.share_cpus()
