@@ -7,7 +7,7 @@ run cache). Each side works on its own copy of it: the queue side queues the exp
 `dvc exp run --queue -S ...` and times `dvc queue start -j 2` until every experiment has landed;
 the sweep side times `latentfit sweep` over the same grid and seeds on a local Ray instance
 (one CPU per run, so two at a time on a 2-core machine, as the queue's two workers; the queue's workers
-get OMP_NUM_THREADS=1 as the README advises, Ray gives each run OMP_NUM_THREADS=1 as its CPU count).
+share the cores as every stage does: cores / running stages threads each).
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ def queue(repo: Path, key: str, values: list[str], seeds: list[int]) -> float:
         run([*dvc, "exp", "run", "--queue", "-n", f"q-{value}-{seed}", "-S", f"{key}={value}", *sets], repo)
     total, head = len(values) * len(seeds), run(["git", "rev-parse", "HEAD"], repo).strip()
     start = time.perf_counter()
-    # as the README runs the queue: one torch thread per worker (Ray gives each run OMP_NUM_THREADS = its CPUs)
-    subprocess.run([*dvc, "queue", "start", "-j", "2"], cwd=repo, env={**ENV, "OMP_NUM_THREADS": "1"},
+    subprocess.run([*dvc, "queue", "start", "-j", "2"], cwd=repo, env=ENV,
                    capture_output=True, check=True)
     while len(landed(repo, head)) < total:
         status = run([*dvc, "queue", "status"], repo)

@@ -2,6 +2,7 @@
 their paired gap, denoising, latent structure, samples."""
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
@@ -9,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 from latentfit.config import load_params, to_flat_dict
 from latentfit.evaluation.run import evaluate
 from latentfit.io import load_split, write_csv, write_json, write_text
+from latentfit.mlmodels import link_and_rank
 from latentfit.modelfile import load_decoder, load_vae
 from latentfit.report import render_report
 from latentfit.runtime import pick_device, seeded_generator, stage_main
@@ -41,6 +43,9 @@ def main() -> None:
         write_json(HEADLINE, details.headline())  # last: DVC's metric, written once everything else is
         run.log_metrics(details.to_dict())
         run.log_artifact(REPORT)
+        held_out = {fit: {k: v for k, v in asdict(scores.test).items() if v is not None}
+                    for fit, scores in (("vae", details.vae), ("direct", details.direct))}
+        run.call(link_and_rank, {"vae": VAE_MODEL, "direct": DIRECT_MODEL}, held_out, params.data.dataset)
     print(report)
 
 

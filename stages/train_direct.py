@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 
 from latentfit.checkpoint import Checkpoint, run_epochs
 from latentfit.config import load_params, to_flat_dict
-from latentfit.io import load_split, save_torch, write_csv, write_json
+from latentfit.io import load_split, save_torch, write_json
+from latentfit.mlmodels import log_direct, log_training_data
 from latentfit.modelfile import model_file
 from latentfit.models import Decoder
 from latentfit.runtime import pick_device, seeded_generator, stage_main
@@ -36,20 +37,20 @@ def main() -> None:
     history = checkpoint.resume()  # the draws above come first from the seed, so they match too
 
     with stage_run("train_direct", flat, params.tracking.experiment, params.tracking.required) as run:
+        run.call(log_training_data, params.data.dataset)
         records = fit_direct(decoder, optimizer, x, epochs=p.epochs, batch_size=p.batch_size,
                              mc_samples=p.mc_samples, generator=generator, fixed_draws=draws,
                              start_epoch=len(history))
         history = run_epochs(
-            records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_direct",
+            records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_direct", csv=HISTORY,
             line=lambda r: f"direct epoch {r['epoch']:2d}  MC marginal NLL={r['nll']:.2f}")
         # The training draws are kept: evaluate reports the NLL under exactly these draws.
         save_torch(MODEL, model_file(decoder, train_draws=draws))
-        write_csv(HISTORY, history)
         write_json(METRICS, {"train": {"direct": history[-1]["nll"]}})  # dvc exp show's column train.direct
         run.log_metrics({"nll": history[-1]["nll"], "seconds_per_epoch": mean(r["seconds"] for r in history)},
                         prefix="final.")
         run.log_artifact(HISTORY)
-        run.log_model(decoder.cpu().eval(), "direct")  # last: it moves the weights to the CPU
+        run.call(log_direct, decoder, MODEL)  # last: it moves the weights to the CPU
     checkpoint.clear()
 
 

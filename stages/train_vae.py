@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 
 from latentfit.checkpoint import Checkpoint, run_epochs
 from latentfit.config import load_params, to_flat_dict
-from latentfit.io import load_split, save_torch, write_csv, write_json
+from latentfit.io import load_split, save_torch, write_json
+from latentfit.mlmodels import log_training_data, log_vae
 from latentfit.modelfile import model_file
 from latentfit.models import VAE
 from latentfit.runtime import pick_device, seeded_generator, stage_main
@@ -32,19 +33,19 @@ def main() -> None:
     history = checkpoint.resume()
 
     with stage_run("train_vae", flat, params.tracking.experiment, params.tracking.required) as run:
+        run.call(log_training_data, params.data.dataset)
         records = fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
                           start_epoch=len(history))
         history = run_epochs(
-            records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_vae",
+            records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_vae", csv=HISTORY,
             line=lambda r: f"epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}")
         last = history[-1]
         save_torch(MODEL, model_file(model))
-        write_csv(HISTORY, history)
         write_json(METRICS, {"train": {"vae": last["neg_elbo"]}})  # the headline: dvc exp show's column train.vae
         run.log_metrics({"rec": last["rec"], "kl": last["kl"], "neg_elbo": last["neg_elbo"],
                          "seconds_per_epoch": mean(r["seconds"] for r in history)}, prefix="final.")
         run.log_artifact(HISTORY)
-        run.log_model(model.cpu().eval(), "vae")  # last: it moves the weights to the CPU
+        run.call(log_vae, model, x, MODEL)  # last: it moves the weights to the CPU
     checkpoint.clear()
 
 

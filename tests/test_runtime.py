@@ -13,6 +13,7 @@ from latentfit.errors import ParamsError
 def registry(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "RUNNING", tmp_path / "running")
     monkeypatch.delenv("LATENTFIT_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     yield tmp_path / "running"
     torch.set_num_threads(before)
@@ -39,6 +40,9 @@ def test_two_stages_side_by_side_take_half_the_cores_each(registry):
 def test_latentfit_threads_overrides_the_share(registry, monkeypatch):
     monkeypatch.setenv("LATENTFIT_THREADS", "1")
     assert runtime.share_cpus() == 1 == torch.get_num_threads()
+    monkeypatch.delenv("LATENTFIT_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets for a task of one CPU
+    assert runtime.share_cpus() == 1
     monkeypatch.setenv("LATENTFIT_THREADS", "two")
     with pytest.raises(ParamsError, match="LATENTFIT_THREADS='two' must be a whole number"):
         runtime.share_cpus()

@@ -166,3 +166,14 @@ def test_a_run_restored_whole_from_the_cache_gets_its_pipeline_run_once(tmp_path
     assert restored.data.metrics["train_vae.train.vae"] == 101.5
     written = Details.from_dict(details)
     assert restored.data.metrics["evaluate.vae.test.ais_nll"] == written.vae.test.ais_nll
+
+
+def test_without_ray_the_sweep_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    from latentfit import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert cli.main(["sweep", "-n", "s", "-S", "model.z_dim=2,5"]) == 1
+    assert "pip install -e '.[sweep]'" in capsys.readouterr().err

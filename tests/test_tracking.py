@@ -90,9 +90,12 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
     import torch
     from mlflow.tracking import MlflowClient
 
+    from latentfit.mlmodels import REGISTERED, file_md5, log_direct
     from latentfit.models import Decoder
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    model_file = tmp_path / "direct.pt"
+    model_file.write_bytes(b"the DVC output the model came from")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     decoder = Decoder(z_dim=2, hidden=8)
     for exp in ("grid-a", "grid-b"):
@@ -102,7 +105,7 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
                 run.log_epoch({"epoch": 1, "nll": 9.0})
                 run.log_metrics({"test": {"nll": value}})
                 if stage == "train_direct":
-                    run.log_model(decoder, "direct")
+                    run.call(log_direct, decoder, model_file)
 
     assert "MLFLOW_TRACKING_URI" not in os.environ, "the default store stays the default"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -119,6 +122,8 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
     assert len(client.search_runs([experiment], "tags.stage = 'pipeline'")) == 2
 
     trained = next(r for r in children if r.data.tags["stage"] == "train_direct")
-    loaded = mlflow.pytorch.load_model(f"runs:/{trained.info.run_id}/direct")
+    loaded = mlflow.pytorch.load_model(f"runs:/{trained.info.run_id}/direct")  # torch.export: no pickle
     z = torch.randn(5, 2)
-    torch.testing.assert_close(loaded(z), decoder(z))
+    torch.testing.assert_close(loaded(z), torch.sigmoid(decoder(z)))  # z -> Bernoulli means
+    versions = client.search_model_versions(f"name = '{REGISTERED['direct']}'")
+    assert len(versions) == 2 and {v.tags["dvc_md5"] for v in versions} == {file_md5(model_file)}

@@ -34,6 +34,7 @@ Choices, and why:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,7 @@ from .estimators import standard_error
 from .models import Decoder
 
 TARGET_ACCEPT = 0.65
+TICK = 25  # distributions between calls of an annealing run's `tick`
 ADAPT_RATE = 0.5  # log step size moves by rate * (acceptance probability - target) per transition
 
 
@@ -116,7 +118,8 @@ def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfr
 
 
 def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Tensor, *, chains: int, pilots: int,
-            leapfrog: int, generator: torch.Generator, step: float, warmup: int = 0) -> torch.Tensor:
+            leapfrog: int, generator: torch.Generator, step: float, warmup: int = 0,
+            tick: Callable[[], object] | None = None) -> torch.Tensor:
     """Carry `chains + pilots` chains per image along `betas`, from exact samples `z` of pi_{betas[0]}.
 
     Rows are chain-major (chain c of image b at row c * B + b); `y` holds one row per image. Returns
@@ -124,6 +127,7 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Ten
     (chains, B). The step size is shared by an image's chains and adapted from the acceptance of its
     `pilots` extra chains only: the counted chains then run a fixed sequence of kernels, as AIS needs
     (adapting each chain on its own acceptance biases the estimate upwards, measurably so in the tests).
+    `tick` is called every TICK distributions (the evaluate stage resizes its thread pool there).
     """
     rows, n = chains + pilots, len(y)
     target = _Target(decoder, y.repeat(rows, 1))
@@ -140,6 +144,8 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Ten
         z, logl, grad = transition(z, logl, grad, float(betas[0]))
     log_w = torch.zeros(rows * n, dtype=torch.float64, device=z.device)
     for t in range(1, len(betas)):
+        if tick is not None and t % TICK == 0:
+            tick()
         log_w += (betas[t] - betas[t - 1]) * logl.double()
         if t < len(betas) - 1:  # the last transition would not change the weights
             z, logl, grad = transition(z, logl, grad, float(betas[t]))
@@ -153,7 +159,7 @@ def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ais_log_prob(decoder: Decoder, y: torch.Tensor, *, chains: int, schedule: Schedule,
-                 generator: torch.Generator) -> torch.Tensor:
+                 generator: torch.Generator, tick: Callable[[], object] | None = None) -> torch.Tensor:
     """Forward AIS from the prior: per image, log of the mean of `chains` AIS weights (B,).
 
     A stochastic lower bound on log p(y): its expectation is below log p(y) by an amount that
@@ -163,13 +169,14 @@ def ais_log_prob(decoder: Decoder, y: torch.Tensor, *, chains: int, schedule: Sc
     rows = (chains + schedule.pilots) * len(y)
     z = torch.randn(rows, decoder.z_dim, generator=generator, device=y.device, dtype=y.dtype)
     log_w = _anneal(decoder, y, z, schedule.betas(y.device), chains=chains, pilots=schedule.pilots,
-                    leapfrog=schedule.leapfrog, generator=generator, step=1.0)
+                    leapfrog=schedule.leapfrog, generator=generator, step=1.0, tick=tick)
     return _log_mean_exp(log_w)
 
 
 @torch.no_grad()
 def reverse_ais_log_prob(decoder: Decoder, y: torch.Tensor, z_exact: torch.Tensor, *, chains: int,
-                         schedule: Schedule, generator: torch.Generator, warmup: int = 20) -> torch.Tensor:
+                         schedule: Schedule, generator: torch.Generator, warmup: int = 20,
+                         tick: Callable[[], object] | None = None) -> torch.Tensor:
     """Reverse AIS from an exact posterior sample `z_exact` of each image (B, d) down to the prior.
 
     Its mean weight is an unbiased estimate of 1 / p(y), so minus its log is a stochastic upper bound
@@ -178,7 +185,8 @@ def reverse_ais_log_prob(decoder: Decoder, y: torch.Tensor, z_exact: torch.Tenso
     decoder.eval()
     betas = schedule.betas(y.device).flip(0)
     log_w = _anneal(decoder, y, z_exact.repeat(chains + schedule.pilots, 1), betas, chains=chains,
-                    pilots=schedule.pilots, leapfrog=schedule.leapfrog, generator=generator, step=0.05, warmup=warmup)
+                    pilots=schedule.pilots, leapfrog=schedule.leapfrog, generator=generator, step=0.05, warmup=warmup,
+                    tick=tick)
     return -_log_mean_exp(log_w)
 
 
@@ -198,15 +206,15 @@ def batched(fn, x: torch.Tensor, *extra: torch.Tensor, batch_size: int) -> torch
 
 
 def bdmc(decoder: Decoder, n: int, *, chains: int, schedule: Schedule, generator: torch.Generator,
-         batch_size: int = 50) -> dict[str, float]:
+         batch_size: int = 50, tick: Callable[[], object] | None = None) -> dict[str, float]:
     """Forward and reverse AIS on `n` images simulated from `decoder`: the NLL's stochastic upper bound
     (forward), lower bound (reverse), and their mean distance, which bounds the AIS error."""
     device = next(decoder.parameters()).device
     y, z = simulate(decoder, n, generator, device)
-    forward = batched(lambda yb: ais_log_prob(decoder, yb, chains=chains, schedule=schedule, generator=generator),
-                      y, batch_size=batch_size)
+    forward = batched(lambda yb: ais_log_prob(decoder, yb, chains=chains, schedule=schedule, generator=generator,
+                                              tick=tick), y, batch_size=batch_size)
     reverse = batched(lambda yb, zb: reverse_ais_log_prob(decoder, yb, zb, chains=chains, schedule=schedule,
-                                                          generator=generator), y, z, batch_size=batch_size)
+                                                          generator=generator, tick=tick), y, z, batch_size=batch_size)
     gap = reverse - forward
     return {"upper_nll": -forward.mean().item(), "lower_nll": -reverse.mean().item(), "gap": gap.mean().item(),
             "gap_se": standard_error(gap)}

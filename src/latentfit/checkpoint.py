@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .io import save_torch
+from .io import save_torch, write_csv
 from .runtime import share_cpus
 
 
@@ -59,8 +59,9 @@ class Checkpoint:
 
 
 def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, total: int, desc: str,
-               line: Callable[[dict], str]) -> list[dict]:
-    """Drive an epoch loop: log each record to MLflow, checkpoint it, print the notebook-style line."""
+               line: Callable[[dict], str], csv: str | Path) -> list[dict]:
+    """Drive an epoch loop: log each record to MLflow, checkpoint it, write the history CSV a row longer
+    (so live plots follow the run), print the notebook-style line."""
     from tqdm import tqdm
 
     for record in history:  # epochs restored from a checkpoint belong to this run's history too
@@ -70,7 +71,9 @@ def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, tot
             history.append(record)
             run.log_epoch(record)
             checkpoint.save(history)
+            write_csv(csv, history)
             tqdm.write(line(record))
             bar.update()
             share_cpus()  # a neighbour may have started or ended since the last epoch
+    write_csv(csv, history)  # also when every epoch came from the checkpoint
     return history

@@ -1,5 +1,7 @@
-"""The `latentfit` command: sweeps of the pipeline on Ray, and their seed statistics.
+"""The `latentfit` command: the MLflow UI on this project's runs, sweeps of the pipeline on Ray, and their
+seed statistics.
 
+    latentfit ui [--port 5000] [--print-url]
     latentfit sweep -S model.z_dim=2,5,20 -S train_direct.mc_samples=16,64,256 --seeds 0-4 --name zgrid
     latentfit sweep summary zgrid
 """
@@ -60,6 +62,10 @@ def sweep_main(argv: list[str]) -> int:
         print((repo / "metrics" / "sweeps" / args.name / "summary.md").read_text())
         return 0
     args = _sweep_parser().parse_args(argv)
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise LatentfitError("latentfit sweep runs on Ray, which is not installed here: pip install -e '.[sweep]'")
     from .sweep.driver import Options, sweep
     from .sweep.grid import parse_seeds
 
@@ -71,19 +77,40 @@ def sweep_main(argv: list[str]) -> int:
     return 0
 
 
+def ui_main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="latentfit ui", description="Start the MLflow UI on this project's tracking "
+                                "store (MLFLOW_TRACKING_URI, else mlflow.db here) and print the link that opens "
+                                "its runs table.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--print-url", action="store_true", help="print the link and exit")
+    args = p.parse_args(argv)
+    from .ui import find_project, runs_url, serve
+
+    repo = find_project(Path.cwd())
+    if args.print_url:
+        print(runs_url(repo, args.host, args.port)[0])
+        return 0
+    return serve(repo, args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command != "sweep":
-        print(f"latentfit: unknown command {command!r}; try: latentfit sweep --help", file=sys.stderr)
+    commands = {"sweep": sweep_main, "ui": ui_main}
+    if command not in commands:
+        print(f"latentfit: unknown command {command!r}; try: latentfit ui --help, latentfit sweep --help",
+              file=sys.stderr)
         return 2
     try:
-        return sweep_main(rest)
+        return commands[command](rest)
     except LatentfitError as err:
-        print(f"latentfit sweep: error: {err}", file=sys.stderr)
+        print(f"latentfit {command}: error: {err}", file=sys.stderr)
         return 1
 
 

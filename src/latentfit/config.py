@@ -148,15 +148,18 @@ THREADS_ENV = "LATENTFIT_THREADS"
 
 
 def thread_override() -> int | None:
-    """The CPU threads a stage must use, from LATENTFIT_THREADS; None (unset): its share of the machine.
-    Not a param: the thread count is how a result is computed, not what (DVC re-runs nothing for it)."""
-    text = os.environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise ParamsError(f"{THREADS_ENV}={text!r} must be a whole number of threads >= 1; unset it to let each "
-                          "stage take its share of the cores")
-    return int(text)
+    """The CPU threads a stage must use: LATENTFIT_THREADS, else OMP_NUM_THREADS (which Ray sets to a
+    task's CPUs); None when neither is set: the stage takes its share of the machine. Not a param: the
+    thread count is how a result is computed, not what (DVC re-runs nothing for it)."""
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise ParamsError(f"{name}={text!r} must be a whole number of threads >= 1; unset it to let each "
+                              "stage take its share of the cores")
+        return int(text)
+    return None
 
 
 def parse_params(raw: Any) -> Params:

@@ -18,13 +18,15 @@ import os
 import subprocess
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import TrackingError
 
 __all__ = ["StageRun", "TrackingError", "stage_run", "tracking_uri"]
+
+T = TypeVar("T")
 
 
 class TrackingWarning(UserWarning):
@@ -120,52 +122,42 @@ class StageRun:
         self.parent_id: str | None = None
         self.quiet = False  # set once a failure has been reported
 
-    def _call(self, fn, *args, **kwargs) -> None:
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """fn(*args, **kwargs) against this run's store, one writer at a time; None once tracking failed."""
         if not self.active:
-            return
+            return None
         try:
             with store_lock(self.uri):
-                fn(*args, **kwargs)
+                return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - tracking must never cost the stage its outputs
             self.active = False
             if self.quiet:
-                return
+                return None
             self.quiet = True
             warnings.warn(f"MLflow logging to {self.uri} failed ({err}); the DVC outputs are still written. "
                           "Re-run the stage with `dvc repro -f <stage>` once the store is reachable.",
                           TrackingWarning, stacklevel=3)
+            return None
 
     def log_epoch(self, record: dict[str, Any], prefix: str = "") -> None:
         import mlflow
 
         metrics = {prefix + k: float(v) for k, v in record.items() if k != "epoch"}
-        self._call(mlflow.log_metrics, metrics, step=int(record["epoch"]))
+        self.call(mlflow.log_metrics, metrics, step=int(record["epoch"]))
 
     def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:
         """Final metrics, on the stage run and, prefixed by the stage, on the pipeline's parent run."""
         import mlflow
 
         flat = {prefix + k: float(v) for k, v in flatten_numbers(metrics).items()}
-        self._call(mlflow.log_metrics, flat)
+        self.call(mlflow.log_metrics, flat)
         if self.parent_id:
-            self._call(mlflow.log_metrics, {f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
-
-    def log_model(self, model, name: str) -> None:
-        """`model` as an MLflow PyTorch model, so `mlflow.pytorch.load_model("runs:/<run id>/<name>")`
-        gives it back. The package's source travels with it: loading needs torch, not latentfit."""
-        import mlflow.pytorch
-        import torch
-
-        code = Path(__file__).resolve().parent  # src/latentfit
-        # pickle, not the default torch.export format: the loaded object is the nn.Module itself,
-        # with .encoder and .decoder, rather than a traced graph of its forward
-        self._call(mlflow.pytorch.log_model, model, name=name, code_paths=[str(code)], serialization_format="pickle",
-                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            self.call(mlflow.log_metrics, {f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow
 
-        self._call(mlflow.log_artifact, str(path), artifact_path)
+        self.call(mlflow.log_artifact, str(path), artifact_path)
 
 
 @contextlib.contextmanager
@@ -239,9 +231,9 @@ def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bo
     finally:
         if not run.active:  # logging failed mid-stage: still close the run, quietly
             run.active, run.quiet = True, True
-        run._call(mlflow.end_run, status)
+        run.call(mlflow.end_run, status)
         # the parent shows the state of the pipeline's latest stage: FAILED marks where it stopped
-        run._call(mlflow.MlflowClient().set_terminated, run.parent_id, status)
+        run.call(mlflow.MlflowClient().set_terminated, run.parent_id, status)
 
 
 def loggable_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -128,22 +128,148 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
 
 
 def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
-    """The MLflow PyTorch models compute what the DVC outputs models/*.pt do."""
+    """The MLflow models compute what the DVC outputs models/*.pt do: the decoders z -> Bernoulli means,
+    the encoder y -> [mu | logvar]."""
     import mlflow
     import torch
 
-    from latentfit.modelfile import load_model
+    from latentfit.modelfile import load_decoder, load_vae
 
-    z = torch.randn(4, 20)
+    z, y = torch.randn(4, 20), torch.rand(3, 784)
     with mock.patch.dict(os.environ):  # set_tracking_uri exports MLFLOW_TRACKING_URI: keep it to this check
         mlflow.set_tracking_uri(uri)
         for stage, name in (("train_vae", "vae"), ("train_direct", "direct")):
             if stage not in by_stage:
                 continue
             logged = mlflow.pytorch.load_model(f"runs:/{by_stage[stage].info.run_id}/{name}")
-            saved, _ = load_model(root / f"models/{name}.pt")
-            decode = (lambda m: m.decoder) if name == "vae" else (lambda m: m)
-            torch.testing.assert_close(decode(logged)(z), decode(saved)(z))
+            saved, _ = load_decoder(root / f"models/{name}.pt")
+            torch.testing.assert_close(logged(z), torch.sigmoid(saved(z)))
+        if "train_vae" in by_stage:
+            logged = mlflow.pytorch.load_model(f"runs:/{by_stage['train_vae'].info.run_id}/encoder")
+            torch.testing.assert_close(logged(y), torch.cat(load_vae(root / "models/vae.pt").encoder(y), dim=-1))
+
+
+def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base):
+    from mlflow.tracking import MlflowClient
+
+    from latentfit.mlmodels import REGISTERED, file_md5
+
+    client = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}")
+    details = base.json("metrics/evaluate_details.json")
+    for fit in ("vae", "direct"):
+        best = client.get_model_version_by_alias(REGISTERED[fit], "best-mnist")
+        assert best.tags["dvc_md5"] == file_md5(base.path / f"models/{fit}.pt"), "the version evaluate measured"
+        assert float(best.tags["ais_nll"]) == pytest.approx(details[fit]["test"]["ais_nll"], abs=1e-5)
+        linked = client.get_logged_model(best.model_id).metrics
+        assert {m.key: m.value for m in linked}["test.ais_nll"] == pytest.approx(details[fit]["test"]["ais_nll"])
+    assert client.search_model_versions(f"name = '{REGISTERED['encoder']}'")
+    log = base.first_run
+    assert "pickle" not in log.lower(), "no model is pickled, so MLflow has no pickle warning to give"
+
+
+def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(base, tmp_path):
+    """`mlflow models serve -m models:/NAME@ALIAS` on 127.0.0.1 answers the decoder's own input example."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import Model
+
+    from latentfit.mlmodels import REGISTERED
+    from latentfit.modelfile import load_decoder
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**base.env, "MLFLOW_TRACKING_URI": f"sqlite:///{base.path / 'mlflow.db'}"}
+    uri = f"models:/{REGISTERED['vae']}@best-mnist"
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
+                                   "local", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(1)
+        with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "model"))
+            example = Model.load(local).load_input_example(local)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": np.asarray(example).tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            means = np.asarray(json.loads(answer.read())["predictions"], dtype=np.float32)
+        decoder, _ = load_decoder(base.path / "models/vae.pt")
+        expected = torch.sigmoid(decoder(torch.as_tensor(np.asarray(example), dtype=torch.float32))).detach().numpy()
+        assert means.shape == (2, 784)
+        np.testing.assert_allclose(means, expected, atol=1e-5)
+        print(f"served {uri}: {means.shape[0]} images of {means.shape[1]} Bernoulli means, first {means[0, :4]}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def browser() -> str:
+    found = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs chromium-headless-shell (.ci/run); it is missing")
+        pytest.skip("no headless Chromium here: apt-get install -y chromium-headless-shell")
+    return found
+
+
+def test_latentfit_ui_opens_on_the_pipelines_runs_in_a_real_browser(base, tmp_path):
+    import html
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    chromium = browser()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cli = [sys.executable, "-m", "latentfit.cli", "ui", "--port", str(port)]
+    url = base.run(*cli, "--print-url").strip()
+    experiment = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}").get_experiment_by_name("latentfit")
+    assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    with open(tmp_path / "ui.log", "w") as log:
+        server = subprocess.Popen(cli, cwd=base.path, env=base.env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()
+                time.sleep(1)
+        page = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
+                               "--virtual-time-budget=30000", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=180, check=False).stdout
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    pipeline = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}").search_runs(
+        [experiment.experiment_id], "tags.stage = 'pipeline'")[0].info.run_name
+    assert pipeline in text, f"the pipeline's run {pipeline!r} is not in the page:\n{text[:3000]}"
+    headers = [html.unescape(re.sub(r"<[^>]+>", "", h)).strip()
+               for h in re.findall(r'role="columnheader"[^>]*>(.*?)</div>', page, flags=re.S)]
+    print("runs table columns:", [h for h in headers if h])
+    print("rows:", [line for line in re.split(r"\s{2,}", text) if pipeline in line][:3])
 
 
 def test_second_repro_runs_nothing(repo):
@@ -186,6 +312,24 @@ def test_exp_run_and_exp_show(repo):
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id],
                               "tags.dvc_exp = 'e2e-exp' and tags.stage != 'pipeline'")
     assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
+
+
+def test_an_experiment_restores_evaluate_from_the_run_cache(repo):
+    """evaluate, the costliest stage, is run-cached: an experiment whose evaluate inputs an earlier
+    experiment already had takes its outputs from DVC's run cache instead of recomputing them."""
+    first = repo.dvc("exp", "run", "--temp", "-n", "ev-a", "-S", "evaluate.seed=5")
+    assert {"evaluate", "visualize"} <= ran_stages(first)
+    second = repo.dvc("exp", "run", "-n", "ev-b", "-S", "evaluate.seed=5", "-S", "visualize.seed=4")
+    assert "Stage 'evaluate' is cached - skipping run" in second, second
+    assert "Stage 'visualize' is cached" not in second
+    details = repo.json_at(exp_ref(repo, "ev-a"), "metrics/evaluate.json")
+    assert repo.json("metrics/evaluate.json") == details
+
+
+def exp_ref(repo: Repo, name: str) -> str:
+    (ref,) = [r for r in repo.run("git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
+              if r.endswith("/" + name)]
+    return ref
 
 
 def test_a_module_only_preprocess_imports_marks_preprocess_and_downstream_changed(repo):

@@ -57,6 +57,7 @@ def fit_posthoc_encoder(decoder: Decoder, x_train: torch.Tensor, hidden: int, p:
                       lr_key="evaluate.encoder_lr")
     for record in tqdm(records, total=p.encoder_epochs, desc="post-hoc encoder", leave=False):
         log(record)
+        share_cpus()  # a neighbouring stage may have started or ended
     return model.eval()
 
 
@@ -82,12 +83,12 @@ def likelihoods(decoders: dict[str, Decoder], vae: VAE, x_train: torch.Tensor, x
     iwae = {name: _iwae(model, x[: p.iwae_images], ks, g) for name, model in iwae_models.items()}
     share_cpus()
     schedule, ais_x = ais_schedule(p), x[: p.ais_images]
-    ais = {name: batched(lambda y, d=dec: ais_log_prob(d, y, chains=p.ais_chains, schedule=schedule, generator=g),
-                         ais_x, batch_size=p.ais_batch_size)
+    ais = {name: batched(lambda y, d=dec: ais_log_prob(d, y, chains=p.ais_chains, schedule=schedule, generator=g,
+                                                       tick=share_cpus), ais_x, batch_size=p.ais_batch_size)
            for name, dec in tqdm(decoders.items(), desc="AIS", leave=False)}
     share_cpus()
     checks = {name: bdmc(dec, p.bdmc_images, chains=p.ais_chains, schedule=schedule, generator=g,
-                         batch_size=p.ais_batch_size) for name, dec in decoders.items()}
+                         batch_size=p.ais_batch_size, tick=share_cpus) for name, dec in decoders.items()}
     return Likelihoods(posthoc, prior, iwae, ais, checks)
 
 
@@ -131,7 +132,7 @@ def estimator_curves(decoders: dict[str, Decoder], x: torch.Tensor, lik: Likelih
         for steps, known in sorted(lengths.items()):
             schedule = dataclasses.replace(ais_schedule(p), steps=steps)
             log_p = known if known is not None else ais_log_prob(dec, x, chains=p.ais_chains, schedule=schedule,
-                                                                 generator=g)
+                                                                 generator=g, tick=share_cpus)
             rows.append({"estimator": "ais", "fit": name, "cost": schedule.likelihood_evaluations(p.ais_chains),
                          "nll": -log_p.mean().item(), "steps": steps})
     return rows

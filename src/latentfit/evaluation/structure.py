@@ -16,6 +16,7 @@ from ..inference import encode, flip_pixels, prior_search, vae_reconstruct
 from ..likelihood import bernoulli_log_prob
 from ..models import VAE, Decoder
 from ..posthoc import Classifier, fit_classifier
+from ..runtime import share_cpus
 from ..training import make_optimizer
 from .schema import Denoise, Fid, Latent, LatentPair, Samples, flip_key
 
@@ -95,7 +96,7 @@ def sample_quality(decoders: dict[str, Decoder], train: dict[str, torch.Tensor],
     records = fit_classifier(classifier, make_optimizer(classifier, p.classifier_lr), x_train, train["y"],
                              epochs=p.classifier_epochs, batch_size=p.classifier_batch_size, generator=g)
     for _ in tqdm(records, total=p.classifier_epochs, desc="feature classifier", leave=False):
-        pass
+        share_cpus()  # a neighbouring stage may have started or ended
     classifier.eval()
     n = min(p.fid_samples, len(x_test))
 
