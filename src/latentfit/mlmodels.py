@@ -67,6 +67,8 @@ def log_servable(module: nn.Module, name: str, example: np.ndarray, model_file: 
     client = mlflow.MlflowClient()
     version = info.registered_model_version
     client.set_model_version_tag(REGISTERED[name], str(version), DVC_MD5, file_md5(model_file))
+    # the version's own model_id is not filled in by every registry store: keep the logged model's id with it
+    client.set_model_version_tag(REGISTERED[name], str(version), "model_id", info.model_id)
 
 
 def log_training_data(dataset: str, lock: str | Path = "dvc.lock", prepared: str = "data/prepared") -> None:
@@ -74,7 +76,7 @@ def log_training_data(dataset: str, lock: str | Path = "dvc.lock", prepared: str
     data/prepared in dvc.lock, so the runs table's Dataset column names the very data DVC tracked."""
     import mlflow
     import yaml
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.dataset_source_registry import get_registered_sources
     from mlflow.data.meta_dataset import MetaDataset
 
     stages = (yaml.safe_load(Path(lock).read_text()) or {}).get("stages", {}) if Path(lock).is_file() else {}
@@ -82,7 +84,9 @@ def log_training_data(dataset: str, lock: str | Path = "dvc.lock", prepared: str
     md5 = next((o.get("md5", "") for o in outs if o.get("path") == prepared), "").removesuffix(".dir")
     if not md5:
         return  # the prepared data were not made by `dvc repro` here: nothing to name them by
-    source = resolve_dataset_source(Path(prepared).resolve().as_uri())
+    # the registry's source for file:// URIs (a class it makes at run time, so it is looked up by name)
+    local: Any = next(s for s in get_registered_sources() if getattr(s, "__name__", "") == "LocalArtifactDatasetSource")
+    source = local(Path(prepared).resolve().as_uri())
     data = MetaDataset(source, name=f"{dataset} (prepared)", digest=md5[:8])  # type: ignore[abstract]  # stubs only
     mlflow.log_input(data, context="training")
 
@@ -115,8 +119,9 @@ def link_and_rank(model_files: dict[str, str | Path], metrics: dict[str, dict[st
             continue  # trained while the store was unreachable
         version = max(versions, key=lambda v: int(v.version))
         ais = metrics[fit]["ais_nll"]
-        if getattr(version, "model_id", None):
-            mlflow.log_metrics({f"test.{k}": v for k, v in metrics[fit].items()}, model_id=version.model_id)
+        model_id = getattr(version, "model_id", None) or version.tags.get("model_id")
+        if model_id:
+            mlflow.log_metrics({f"test.{k}": v for k, v in metrics[fit].items()}, model_id=model_id)
         client.set_model_version_tag(name, version.version, "ais_nll", f"{ais:.6f}")
         client.set_model_version_tag(name, version.version, "dataset", dataset)
         if ais < _holder_ais(client, name, alias):

@@ -160,7 +160,7 @@ def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base)
         best = client.get_model_version_by_alias(REGISTERED[fit], "best-mnist")
         assert best.tags["dvc_md5"] == file_md5(base.path / f"models/{fit}.pt"), "the version evaluate measured"
         assert float(best.tags["ais_nll"]) == pytest.approx(details[fit]["test"]["ais_nll"], abs=1e-5)
-        linked = client.get_logged_model(best.model_id).metrics
+        linked = client.get_logged_model(best.model_id or best.tags["model_id"]).metrics
         assert {m.key: m.value for m in linked}["test.ais_nll"] == pytest.approx(details[fit]["test"]["ais_nll"])
     assert client.search_model_versions(f"name = '{REGISTERED['encoder']}'")
     log = base.first_run
