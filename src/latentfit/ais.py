@@ -18,13 +18,14 @@ Choices, and why:
   (delta beta)^2 Var[log p(y | z)], is then the same at every step when delta beta is proportional
   to beta. Equal increments are what minimises the variance of the summed log weight for a given
   number of steps (the "thermodynamic length" argument), and that variance is what biases the log.
-- **HMC with a per-chain step size** that is adapted on the go towards an acceptance probability of
+- **HMC with a per-image step size** that is adapted on the go towards an acceptance probability of
   0.65 (Neal's optimum for HMC): the posterior narrows by orders of magnitude along the path, and
   differently for every image. The step size of an image is steered by a few extra pilot chains
   whose weights are never counted, so the counted chains see a sequence of kernels that does not
-  depend on their own states, and every AIS weight stays unbiased. (Adapting each chain on its own
-  acceptance, as Wu et al. 2017 did, is simpler but biases log p(y) upwards: the 2-d quadrature
-  test sees it.)
+  depend on their own states, and every AIS weight stays unbiased. (Wu et al. 2017's code,
+  tonywu95/eval_gen, adapts one global step size from the mean acceptance of all chains: one size
+  for images whose posteriors differ. The PyTorch code behind Cremer et al. 2018 adapts each chain on
+  its own acceptance, which is simpler but biases log p(y) upwards: the 2-d quadrature test sees it.)
 - **BDMC** (Grosse et al. 2015): on data simulated from the decoder, the latent that generated an
   image is an exact posterior sample, so AIS can also be run backwards from it; the reverse chain
   gives a stochastic upper bound on log p(y). The distance between the two bounds bounds the error
