@@ -66,6 +66,8 @@ def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, tot
 
     for record in history:  # epochs restored from a checkpoint belong to this run's history too
         run.log_epoch(record)
+    if history:
+        write_csv(csv, history)
     with tqdm(total=total, initial=len(history), desc=desc, unit="epoch", leave=False) as bar:
         for record in records:
             history.append(record)
@@ -75,5 +77,4 @@ def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, tot
             tqdm.write(line(record))
             bar.update()
             share_cpus()  # a neighbour may have started or ended since the last epoch
-    write_csv(csv, history)  # also when every epoch came from the checkpoint
     return history

@@ -51,8 +51,9 @@ def file_md5(path: str | Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def log_servable(module: nn.Module, name: str, example: np.ndarray, model_file: str | Path) -> None:
-    """Log `module` under the active run as `name`, registered as REGISTERED[name]."""
+def log_servable(module: nn.Module, name: str, example: np.ndarray, md5: str) -> None:
+    """Log `module` under the active run as `name`, registered as REGISTERED[name], its version tagged with
+    `md5`, the DVC hash of the model file it came from."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -66,7 +67,7 @@ def log_servable(module: nn.Module, name: str, example: np.ndarray, model_file: 
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     client = mlflow.MlflowClient()
     version = info.registered_model_version
-    client.set_model_version_tag(REGISTERED[name], str(version), DVC_MD5, file_md5(model_file))
+    client.set_model_version_tag(REGISTERED[name], str(version), DVC_MD5, md5)
     # the version's own model_id is not filled in by every registry store: keep the logged model's id with it
     client.set_model_version_tag(REGISTERED[name], str(version), "model_id", info.model_id)
 
@@ -94,14 +95,14 @@ def log_training_data(dataset: str, lock: str | Path = "dvc.lock", prepared: str
 def log_vae(vae: VAE, images: torch.Tensor, model_file: str | Path) -> None:
     """The VAE's decoder (from two prior draws) and its encoder (from two training images)."""
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(2, vae.decoder.z_dim, generator=g).numpy()
-    log_servable(BernoulliMeans(vae.decoder), "vae", z, model_file)
-    log_servable(GaussianPosterior(vae), "encoder", images[:2].detach().cpu().float().numpy(), model_file)
+    z, md5 = torch.randn(2, vae.decoder.z_dim, generator=g).numpy(), file_md5(model_file)
+    log_servable(BernoulliMeans(vae.decoder), "vae", z, md5)
+    log_servable(GaussianPosterior(vae), "encoder", images[:2].detach().cpu().float().numpy(), md5)
 
 
 def log_direct(decoder: Decoder, model_file: str | Path) -> None:
     z = torch.randn(2, decoder.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
-    log_servable(BernoulliMeans(decoder), "direct", z, model_file)
+    log_servable(BernoulliMeans(decoder), "direct", z, file_md5(model_file))
 
 
 def link_and_rank(model_files: dict[str, str | Path], metrics: dict[str, dict[str, float]], dataset: str) -> None:
@@ -129,8 +130,10 @@ def link_and_rank(model_files: dict[str, str | Path], metrics: dict[str, dict[st
 
 
 def _holder_ais(client: Any, name: str, alias: str) -> float:
+    from mlflow.exceptions import MlflowException
+
     try:
         holder = client.get_model_version_by_alias(name, alias)
-    except Exception:  # noqa: BLE001 - no version holds the alias yet
+    except MlflowException:  # no version holds the alias yet
         return float("inf")
     return float(holder.tags.get("ais_nll", "inf"))

@@ -1,13 +1,19 @@
 """What the e2e tests share: a user's repository of this checkout's pipeline, driven through the real
 `git` and `dvc` commands, and the small params every stage runs on."""
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -122,3 +128,30 @@ def show_in_terminal(repo: Repo, args: list[str], columns: int = 160, rows: int 
 
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(args: list[str], ready: str, log: Path, **popen) -> Iterator[None]:
+    """Run a server (`args`) until the block ends; enter the block once GET `ready` answers. A server that
+    exits or takes over 3 minutes fails the test with its log."""
+    with open(log, "w") as out:
+        server = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(ready, timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, log.read_text()
+                time.sleep(1)
+        yield
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

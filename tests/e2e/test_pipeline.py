@@ -14,7 +14,18 @@ from unittest import mock
 import pandas as pd
 import pytest
 
-from tests.e2e.helpers import FIGURES, HEADLINE, SMALL, STAGES, Repo, new_repo, ran_stages, show_in_terminal
+from tests.e2e.helpers import (
+    FIGURES,
+    HEADLINE,
+    SMALL,
+    STAGES,
+    Repo,
+    free_port,
+    new_repo,
+    ran_stages,
+    serving,
+    show_in_terminal,
+)
 from tests.synthetic import FileServer
 
 pytestmark = pytest.mark.e2e
@@ -171,9 +182,6 @@ def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base)
 
 def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(base, tmp_path):
     """`mlflow models serve -m models:/NAME@ALIAS` on 127.0.0.1 answers the decoder's own input example."""
-    import signal
-    import socket
-    import time
     import urllib.request
 
     import mlflow
@@ -184,24 +192,12 @@ def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(ba
     from latentfit.mlmodels import REGISTERED
     from latentfit.modelfile import load_decoder
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**base.env, "MLFLOW_TRACKING_URI": f"sqlite:///{base.path / 'mlflow.db'}"}
     uri = f"models:/{REGISTERED['vae']}@best-mnist"
-    with open(tmp_path / "serve.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
-                                   "local", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(1)
+    args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "--host",
+            "127.0.0.1", "--port", str(port)]
+    with serving(args, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", cwd=tmp_path, env=env):
         with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}):
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "model"))
             example = Model.load(local).load_input_example(local)
@@ -210,14 +206,11 @@ def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(ba
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as answer:
             means = np.asarray(json.loads(answer.read())["predictions"], dtype=np.float32)
-        decoder, _ = load_decoder(base.path / "models/vae.pt")
-        expected = torch.sigmoid(decoder(torch.as_tensor(np.asarray(example), dtype=torch.float32))).detach().numpy()
-        assert means.shape == (2, 784)
-        np.testing.assert_allclose(means, expected, atol=1e-5)
-        print(f"served {uri}: {means.shape[0]} images of {means.shape[1]} Bernoulli means, first {means[0, :4]}")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    decoder, _ = load_decoder(base.path / "models/vae.pt")
+    expected = torch.sigmoid(decoder(torch.as_tensor(np.asarray(example), dtype=torch.float32))).detach().numpy()
+    assert means.shape == (2, 784)
+    np.testing.assert_allclose(means, expected, atol=1e-5)
+    print(f"served {uri}: {means.shape[0]} images of {means.shape[1]} Bernoulli means, first {means[0, :4]}")
 
 
 def browser() -> str:
@@ -231,39 +224,19 @@ def browser() -> str:
 
 def test_latentfit_ui_opens_on_the_pipelines_runs_in_a_real_browser(base, tmp_path):
     import html
-    import signal
-    import socket
-    import time
-    import urllib.request
 
     from mlflow.tracking import MlflowClient
 
     chromium = browser()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     cli = [sys.executable, "-m", "latentfit.cli", "ui", "--port", str(port)]
     url = base.run(*cli, "--print-url").strip()
     experiment = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}").get_experiment_by_name("latentfit")
     assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
-    with open(tmp_path / "ui.log", "w") as log:
-        server = subprocess.Popen(cli, cwd=base.path, env=base.env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()
-                time.sleep(1)
+    with serving(cli, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", cwd=base.path, env=base.env):
         page = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
                                "--virtual-time-budget=30000", "--dump-dom", url],
                               capture_output=True, text=True, timeout=180, check=False).stdout
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     text = html.unescape(re.sub(r"<[^>]+>", " ", page))
     pipeline = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}").search_runs(
         [experiment.experiment_id], "tags.stage = 'pipeline'")[0].info.run_name
@@ -387,34 +360,12 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (SQLite store, proxied artifacts), as a team would run one."""
-    import signal
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(1)
+    url = f"http://127.0.0.1:{free_port()}"
+    args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+            "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "artifacts")]
+    with serving(args, url + "/health", tmp_path / "server.log"):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 def test_a_shared_tracking_server_gets_the_runs_and_models(repo, mlflow_server):

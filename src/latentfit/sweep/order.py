@@ -15,11 +15,12 @@ def stage_params(repo: Path) -> dict[str, set[str]]:
     """For each stage of the repository's pipeline, the params (sections or dotted keys) of the stage and of
     every stage upstream of it, from the stage graph DVC builds."""
     import networkx as nx
+    from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     with Repo(str(repo)) as dvc_repo:
         graph = dvc_repo.index.graph  # an edge runs from a stage to a stage whose outputs it reads
-        own = {stage: {key for dep in stage.deps if hasattr(dep, "params") for key in (dep.params or [])}
+        own = {stage: {key for dep in stage.deps if isinstance(dep, ParamsDependency) for key in dep.params}
                for stage in graph.nodes}
         return {stage.name: set().union(own[stage], *(own[up] for up in nx.descendants(graph, stage)))
                 for stage in graph.nodes if getattr(stage, "name", None)}
