@@ -1,4 +1,5 @@
-"""Stage 2: pixels / 255 as float32 N x 784 in [0, 1] plus labels, to data/prepared/."""
+"""Stage 2: pixels / 255 as float32 N x 784 in [0, 1] plus labels, to data/prepared/ (binarised with
+preprocess.binarize)."""
 
 import sys
 from pathlib import Path
@@ -20,10 +21,12 @@ def main() -> None:
     limits = {"train": params.preprocess.train_limit, "test": params.preprocess.test_limit}
     with stage_run("preprocess", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         for split, limit in limits.items():
-            data = prepare_split(RAW, split, limit)
+            data = prepare_split(RAW, split, limit, params.preprocess.binarize)
             save_split(PREPARED / f"{split}.pt", data)
             run.log_metrics({f"{split}_images": len(data["x"])})
-            print(f"{split}: {tuple(data['x'].shape)} pixels in [0, 1], {len(data['y'])} labels")
+            form = "a fresh binary draw each epoch from grey" if "dynamic" in data else (
+                "binary" if params.preprocess.binarize != "none" else "grey")
+            print(f"{split}: {tuple(data['x'].shape)} pixels in [0, 1] ({form}), {len(data['y'])} labels")
 
 
 if __name__ == "__main__":

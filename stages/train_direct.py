@@ -27,7 +27,8 @@ def main() -> None:
     params = load_params()
     p, flat, device = params.train_direct, to_flat_dict(params), pick_device(params.device)
     generator = seeded_generator(p.seed, device)
-    x = load_split(TRAIN)["x"].to(device)
+    train = load_split(TRAIN)
+    x, dynamic = train["x"].to(device), "dynamic" in train  # dynamic: a fresh binary draw of x each epoch
     decoder = Decoder(params.model.z_dim, params.model.hidden).to(device)
     optimizer = make_optimizer(decoder, p.lr)
     draws = (torch.randn(p.mc_samples, params.model.z_dim, generator=generator, device=device)
@@ -40,7 +41,7 @@ def main() -> None:
         run.call(log_training_data, params.data.dataset)
         records = fit_direct(decoder, optimizer, x, epochs=p.epochs, batch_size=p.batch_size,
                              mc_samples=p.mc_samples, generator=generator, fixed_draws=draws,
-                             start_epoch=len(history))
+                             start_epoch=len(history), dynamic=dynamic)
         history = run_epochs(
             records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_direct", csv=HISTORY,
             line=lambda r: f"direct epoch {r['epoch']:2d}  MC marginal NLL={r['nll']:.2f}")

@@ -25,7 +25,8 @@ def main() -> None:
     params = load_params()
     p, flat, device = params.train_vae, to_flat_dict(params), pick_device(params.device)
     generator = seeded_generator(p.seed, device)
-    x = load_split(TRAIN)["x"].to(device)
+    train = load_split(TRAIN)
+    x, dynamic = train["x"].to(device), "dynamic" in train  # dynamic: a fresh binary draw of x each epoch
     model = VAE(params.model.z_dim, params.model.hidden).to(device)
     optimizer = make_optimizer(model, p.lr)
     key = {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "preprocess", "model", "train_vae")}
@@ -35,7 +36,7 @@ def main() -> None:
     with stage_run("train_vae", flat, params.tracking.experiment, params.tracking.required) as run:
         run.call(log_training_data, params.data.dataset)
         records = fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
-                          start_epoch=len(history))
+                          start_epoch=len(history), dynamic=dynamic)
         history = run_epochs(
             records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_vae", csv=HISTORY,
             line=lambda r: f"epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}")

@@ -22,7 +22,8 @@ from latentfit.tracking import stage_run
 TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
 VAE_MODEL, DIRECT_MODEL, DETAILS = "models/vae.pt", "models/direct.pt", "metrics/evaluate_details.json"
 HISTORIES = {"vae": "plots/train_vae.csv", "direct": "plots/train_direct.csv"}
-CURVES = {"prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv", "estimators": "plots/estimators.csv"}
+CURVES = {"prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv", "estimators": "plots/estimators.csv",
+          "rate_distortion": "plots/rate_distortion.csv"}
 FIGURES = Path("plots/figures")
 
 

@@ -33,6 +33,7 @@ INTENDED = {
     "evaluation/__init__.py": {"evaluate", "visualize"}, "evaluation/schema.py": {"evaluate", "visualize"},
     "evaluation/likelihoods.py": {"evaluate"}, "evaluation/structure.py": {"evaluate"},
     "evaluation/run.py": {"evaluate"}, "report.py": {"evaluate"},
+    "evaluation/anatomy.py": {"evaluate"}, "gaps.py": {"evaluate"}, "evaluation/why.py": {"evaluate", "visualize"},
     "figure_data.py": {"visualize"}, "figures.py": {"visualize"},
     # above the pipeline: no stage runs them
     "dag.py": set(), "cli.py": set(), "ui.py": set(),

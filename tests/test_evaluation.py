@@ -134,12 +134,12 @@ def test_visualize_draws_every_figure(fitted):
     histories = {"vae": pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]}),
                  "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
     curves = {"prior_mc": pd.DataFrame(result.prior_curve), "denoise": pd.DataFrame(result.denoise),
-              "estimators": pd.DataFrame(result.estimators)}
+              "estimators": pd.DataFrame(result.estimators), "rate_distortion": pd.DataFrame(result.rate_distortion)}
     figs |= curve_figures(histories, curves, result.details)
     assert set(figs) == {"raw_image", "reconstruction", "prior_samples", "interpolation",
                          "interpolation_latent_vs_pixel", "vae_denoising", "tsne_vae", "samples_vae_vs_direct",
                          "search_reconstruction", "training_curves", "prior_mc_curve", "denoise_sweep",
-                         "estimator_convergence"}
+                         "estimator_convergence", "gap_walk", "rate_distortion"}
     convergence = figs["estimator_convergence"]
     assert len(convergence.axes) == 2 and all(len(ax.lines) == 3 for ax in convergence.axes)
     for fig in figs.values():

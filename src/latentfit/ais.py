@@ -120,7 +120,7 @@ def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfr
 
 def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Tensor, *, chains: int, pilots: int,
             leapfrog: int, generator: torch.Generator, step: float, warmup: int = 0,
-            tick: Callable[[], object] | None = None) -> torch.Tensor:
+            tick: Callable[[], object] | None = None, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Carry `chains + pilots` chains per image along `betas`, from exact samples `z` of pi_{betas[0]}.
 
     Rows are chain-major (chain c of image b at row c * B + b); `y` holds one row per image. Returns
@@ -129,6 +129,8 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Ten
     `pilots` extra chains only: the counted chains then run a fixed sequence of kernels, as AIS needs
     (adapting each chain on its own acceptance biases the estimate upwards, measurably so in the tests).
     `tick` is called every TICK distributions (the evaluate stage resizes its thread pool there).
+    With a `trace` list, each distribution appends its (log Z_beta, distortion) estimate, (2, B): the
+    weighted states (z_{t-1}, cumulative weight to t) are properly weighted for pi_{beta_t}.
     """
     rows, n = chains + pilots, len(y)
     target = _Target(decoder, y.repeat(rows, 1))
@@ -144,13 +146,25 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Ten
     for _ in range(warmup):  # tunes the step size at the start; exact samples stay exact
         z, logl, grad = transition(z, logl, grad, float(betas[0]))
     log_w = torch.zeros(rows * n, dtype=torch.float64, device=z.device)
+    if trace is not None:
+        trace.append(_tempered(log_w, logl, rows, chains))
     for t in range(1, len(betas)):
         if tick is not None and t % TICK == 0:
             tick()
         log_w += (betas[t] - betas[t - 1]) * logl.double()
+        if trace is not None:
+            trace.append(_tempered(log_w, logl, rows, chains))
         if t < len(betas) - 1:  # the last transition would not change the weights
             z, logl, grad = transition(z, logl, grad, float(betas[t]))
     return log_w.view(rows, n)[:chains]
+
+
+def _tempered(log_w: torch.Tensor, logl: torch.Tensor, rows: int, chains: int) -> torch.Tensor:
+    """log Z_beta (the log mean weight) and the distortion E[-log p(y | z)] under pi_beta (weights
+    normalised over the counted chains), per image: (2, B)."""
+    w = log_w.view(rows, -1)[:chains]
+    distortion = -(torch.softmax(w, 0) * logl.double().view(rows, -1)[:chains]).sum(0)
+    return torch.stack([_log_mean_exp(w), distortion])
 
 
 def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
@@ -160,18 +174,47 @@ def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ais_log_prob(decoder: Decoder, y: torch.Tensor, *, chains: int, schedule: Schedule,
-                 generator: torch.Generator, tick: Callable[[], object] | None = None) -> torch.Tensor:
+                 generator: torch.Generator, tick: Callable[[], object] | None = None,
+                 trace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Forward AIS from the prior: per image, log of the mean of `chains` AIS weights (B,).
 
     A stochastic lower bound on log p(y): its expectation is below log p(y) by an amount that
-    vanishes as the schedule lengthens.
+    vanishes as the schedule lengthens. `trace`: see `_anneal`.
     """
     decoder.eval()
     rows = (chains + schedule.pilots) * len(y)
     z = torch.randn(rows, decoder.z_dim, generator=generator, device=y.device, dtype=y.dtype)
     log_w = _anneal(decoder, y, z, schedule.betas(y.device), chains=chains, pilots=schedule.pilots,
-                    leapfrog=schedule.leapfrog, generator=generator, step=1.0, tick=tick)
+                    leapfrog=schedule.leapfrog, generator=generator, step=1.0, tick=tick, trace=trace)
     return _log_mean_exp(log_w)
+
+
+@dataclass
+class AisPath:
+    """Forward AIS with its path: per image log p(y) (B,), and for every beta (T + 1,) the tempered
+    distribution's log normaliser and distortion (T + 1, B): the exact posterior's rate-distortion curve."""
+
+    log_prob: torch.Tensor
+    betas: torch.Tensor
+    log_z: torch.Tensor
+    distortion: torch.Tensor
+
+
+@torch.no_grad()
+def ais_path(decoder: Decoder, y: torch.Tensor, *, chains: int, schedule: Schedule, generator: torch.Generator,
+             tick: Callable[[], object] | None = None) -> AisPath:
+    """`ais_log_prob`, same draws and same result, keeping each tempered distribution's estimates."""
+    trace: list[torch.Tensor] = []
+    log_prob = ais_log_prob(decoder, y, chains=chains, schedule=schedule, generator=generator, tick=tick, trace=trace)
+    path = torch.stack(trace, 1)  # (2, T + 1, B)
+    return AisPath(log_prob, schedule.betas(y.device), path[0], path[1])
+
+
+def ais_paths(decoder: Decoder, y: torch.Tensor, *, batch_size: int, **kwargs) -> AisPath:
+    """`ais_path` over `y`, `batch_size` images at a time."""
+    parts = [ais_path(decoder, chunk, **kwargs) for chunk in y.split(batch_size)]
+    return AisPath(torch.cat([p.log_prob for p in parts]), parts[0].betas, torch.cat([p.log_z for p in parts], 1),
+                   torch.cat([p.distortion for p in parts], 1))
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ class DataParams:
 class PreprocessParams:
     train_limit: int = field(default=0, metadata=_check(ge=0))  # 0 keeps every image
     test_limit: int = field(default=0, metadata=_check(ge=0))
+    binarize: Literal["none", "static", "dynamic"] = "none"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,13 @@ class EvaluateParams:
     classifier_lr: float = field(default=1e-3, metadata=_check(gt=0))
     classifier_batch_size: int = field(default=128, metadata=_check(ge=1))
     fid_samples: int = field(default=10000, metadata=_check(ge=10))
+    anatomy: bool = True  # why one decoder wins: inference gaps, rate and distortion, importance-sampling checks
+    gap_train_images: int = field(default=100, metadata=_check(ge=0))
+    gap_steps: int = field(default=300, metadata=_check(ge=0))
+    gap_samples: int = field(default=8, metadata=_check(ge=1))
+    gap_lr: float = field(default=0.02, metadata=_check(gt=0))
+    gap_full_covariance: bool = True
+    gap_eval_samples: int = field(default=1000, metadata=_check(ge=1))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -27,10 +28,21 @@ def vae_elbo(vae: VAE, x: torch.Tensor, generator: torch.Generator, batch_size: 
     return {"neg_elbo": rec + kl, "rec": rec, "kl": kl}
 
 
+@dataclass
+class Sampled:
+    """An importance-sampling run, per image: log p(y) estimates by sample size (M or k), the effective
+    sample size of all the draws, and the log weights of the first images when kept (images, draws)."""
+
+    log_p: dict[int, torch.Tensor]
+    ess: torch.Tensor
+    log_w: torch.Tensor | None = None
+
+
 @torch.no_grad()
-def prior_mc_log_prob(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
-                      batch_size: int = 1000, chunk: int = 4096) -> dict[int, torch.Tensor]:
-    """Per image, log (1/M) sum_{m<=M} p(y | z_m) for each M in `sizes` (the first M of `draws`).
+def prior_mc_sampled(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
+                     batch_size: int = 1000, chunk: int = 4096, keep: int = 0) -> Sampled:
+    """Per image, log (1/M) sum_{m<=M} p(y | z_m) for each M in `sizes` (the first M of `draws`), the
+    ESS of all the draws, and the log weights log p(y | z_m) of the first `keep` images.
 
     One pass over the draws with a running logsumexp per image, so any M fits in memory.
     """
@@ -39,13 +51,30 @@ def prior_mc_log_prob(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, si
     edges = sorted(set(range(0, len(draws), chunk)) | set(sizes) | {len(draws)})
     segments = [(end, decoder(draws[start:end])) for start, end in itertools.pairwise(edges)]
     parts: dict[int, list[torch.Tensor]] = {m: [] for m in sizes}
-    for y in x.split(batch_size):
+    ess, kept = [], []
+    for i, y in enumerate(x.split(batch_size)):
         running = torch.full((len(y),), -torch.inf, device=y.device)
+        squares = running.double()
+        keep_here = max(0, min(keep - i * batch_size, len(y)))
+        weights = []
         for end, logits in segments:
-            running = torch.logaddexp(running, torch.logsumexp(pairwise_bernoulli_log_prob(y, logits), 1))
+            log_w = pairwise_bernoulli_log_prob(y, logits)
+            running = torch.logaddexp(running, torch.logsumexp(log_w, 1))
+            squares = torch.logaddexp(squares, torch.logsumexp(2 * log_w.double(), 1))
+            if keep_here:
+                weights.append(log_w[:keep_here])
             if end in parts:
                 parts[end].append(running - math.log(end))
-    return {m: torch.cat(p) for m, p in parts.items()}
+        ess.append(torch.exp(2 * running.double() - squares))
+        if weights:
+            kept.append(torch.cat(weights, 1))
+    return Sampled({m: torch.cat(p) for m, p in parts.items()}, torch.cat(ess), torch.cat(kept) if kept else None)
+
+
+def prior_mc_log_prob(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
+                      batch_size: int = 1000, chunk: int = 4096) -> dict[int, torch.Tensor]:
+    """Per image, log (1/M) sum_{m<=M} p(y | z_m) for each M in `sizes` (the first M of `draws`)."""
+    return prior_mc_sampled(decoder, x, draws, sizes, batch_size, chunk).log_p
 
 
 def prior_mc_curve(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, sizes: list[int],
@@ -62,28 +91,35 @@ def prior_mc_nll(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, batch_s
 
 
 @torch.no_grad()
-def iwae_log_prob_curve(model: VAE, y: torch.Tensor, ks: list[int], generator: torch.Generator,
-                        rows: int = 16384) -> dict[int, torch.Tensor]:
+def iwae_sampled(model: VAE, y: torch.Tensor, ks: list[int], generator: torch.Generator,
+                 rows: int = 16384) -> Sampled:
     """Per image, the IWAE estimate log (1/k) sum_{i<=k} p(y, z_i) / q(z_i | y), z_i ~ q(z | y), for each
-    k in `ks` (the first k of one stream of draws).
+    k in `ks` (the first k of one stream of draws), with the ESS and the log weights of all the draws.
 
-    A stochastic lower bound on log p(y) that rises with k. Draws are decoded about `rows` at a time
-    with a running logsumexp, so memory does not grow with k.
+    A stochastic lower bound on log p(y) that rises with k. Draws are decoded about `rows` at a time.
     """
     model.eval()
     mu, logvar = model.encoder(y)
     std, per_chunk = torch.exp(0.5 * logvar), max(1, rows // len(y))
     ks = sorted(set(ks))
     edges = sorted(set(range(0, ks[-1], per_chunk)) | set(ks))  # starts at 0
-    running, out = torch.full((len(y),), -torch.inf, device=y.device), {}
+    running, out, weights = torch.full((len(y),), -torch.inf, device=y.device), {}, []
     for start, end in itertools.pairwise(edges):
         eps = torch.randn(end - start, *mu.shape, generator=generator, device=y.device)
         z = mu + std * eps
         log_w = log_importance_weights(y, model.decoder(z), z, mu, logvar)
+        weights.append(log_w.T)
         running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
         if end in ks:
             out[end] = running - math.log(end)
-    return out
+    log_w = torch.cat(weights, 1)
+    return Sampled(out, effective_sample_size(log_w), log_w)
+
+
+def iwae_log_prob_curve(model: VAE, y: torch.Tensor, ks: list[int], generator: torch.Generator,
+                        rows: int = 16384) -> dict[int, torch.Tensor]:
+    """Per image, the IWAE estimate for each k in `ks` (the first k of one stream of draws)."""
+    return iwae_sampled(model, y, ks, generator, rows).log_p
 
 
 def iwae_log_prob(model: VAE, y: torch.Tensor, k: int, generator: torch.Generator, rows: int = 16384) -> torch.Tensor:
@@ -96,6 +132,12 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
     """Mean IWAE negative log-likelihood over images, and its standard error across images."""
     nll = -torch.cat([iwae_log_prob(model, y, k, generator) for y in x.split(batch_size)])
     return nll.mean().item(), standard_error(nll)
+
+
+def effective_sample_size(log_w: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """(sum w)^2 / sum w^2 along `dim`: between 1 (one weight carries all) and the number of weights."""
+    log_w = log_w.double()
+    return torch.exp(2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim))
 
 
 def standard_error(values: torch.Tensor) -> float:

@@ -15,6 +15,7 @@ from sklearn.manifold import TSNE
 from . import figures
 from .errors import DataError
 from .evaluation.schema import Details
+from .evaluation.why import walk
 from .inference import encode, flip_pixels, prior_search, vae_reconstruct
 from .models import VAE, Decoder
 
@@ -108,8 +109,14 @@ def latent_figures(vae: VAE, direct: Decoder, x: torch.Tensor, labels: torch.Ten
 
 def curve_figures(histories: dict[str, pd.DataFrame], curves: dict[str, pd.DataFrame],
                   evaluated: Details) -> dict[str, Figure]:
-    """The training histories and the evaluate stage's curves."""
-    return {"training_curves": figures.training_curves(histories["vae"], histories["direct"]),
+    """The training histories and the evaluate stage's curves (and its anatomy's, when it has one)."""
+    anatomy = {}
+    if evaluated.anatomy is not None:
+        own = {f: (getattr(evaluated.anatomy, f).encoder.rate, getattr(evaluated.anatomy, f).encoder.distortion)
+               for f in ("vae", "direct")}
+        anatomy = {"gap_walk": figures.gap_walk(walk(evaluated), evaluated.verdict.ais.images),
+                   "rate_distortion": figures.rate_distortion(curves["rate_distortion"], own)}
+    return anatomy | {"training_curves": figures.training_curves(histories["vae"], histories["direct"]),
             "prior_mc_curve": figures.prior_mc_curve(
                 curves["prior_mc"], {"vae": evaluated.vae.test.iwae_nll, "direct": evaluated.direct.test.iwae_nll},
                 f"IWAE (first {evaluated.gap.iwae.images} images)"),

@@ -141,3 +141,46 @@ def estimator_convergence(table: pd.DataFrame) -> Figure:
     fig.suptitle("Held-out NLL estimates against their cost (lower is tighter; all are upper bounds in expectation)")
     fig.tight_layout()
     return fig
+
+
+def gap_walk(stops: list[tuple[str, float]], images: int) -> Figure:
+    """Each stop's NLL as a bar, top to bottom, with the step from the one above written beside it."""
+    labels, values = [label for label, _ in stops], np.array([value for _, value in stops])
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(stops) + 1.6))
+    rows = np.arange(len(stops))[::-1]
+    base = values.min() - 0.15 * (values.max() - values.min()) - 1
+    colors = ["C0" if label.startswith("VAE") else "C3" for label in labels]
+    ax.barh(rows, values - base, left=base, color=colors, alpha=0.8)
+    for i, (row, value) in enumerate(zip(rows, values, strict=True)):
+        step = "" if i == 0 else f"   ({value - values[i - 1]:+.2f})"
+        ax.text(value, row, f" {value:.2f}{step}", va="center", fontsize=9)
+    ax.set_yticks(rows, labels)
+    ax.set_xlim(base, values.max() + 0.35 * (values.max() - base))
+    ax.set_xlabel(f"nats per image, the first {images} test images (lower is better)")
+    ax.set_title("From the direct fit's training objective to the VAE's likelihood, and up to the VAE's bound")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def rate_distortion(curve: pd.DataFrame, encoder: dict[str, tuple[float, float]]) -> Figure:
+    """The exact posterior's distortion against its rate along the AIS path (beta from 0 to 1), per decoder,
+    with the encoder's own (KL, reconstruction) point."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, fit in enumerate(("vae", "direct")):
+        rows = curve[curve["fit"] == fit].sort_values("beta")
+        if rows.empty:
+            continue
+        name = "VAE" if fit == "vae" else "direct fit"
+        ax.plot(rows["rate"], rows["distortion"], "-", color=f"C{i}", label=f"{name}: p(z|y) tempered, beta <= 1")
+        last = rows.iloc[-1]
+        ax.plot(last["rate"], last["distortion"], "o", color=f"C{i}", label=f"{name}: exact posterior (beta = 1)")
+        ax.plot(*encoder[fit], "x", color=f"C{i}", markersize=9, label=f"{name}: its encoder's q")
+    ax.set_yscale("log")
+    ax.set_xlabel("rate KL(pi_beta || p(z)) (nats)")
+    ax.set_ylabel("distortion E[-log p(y | z)] (nats)")
+    ax.set_title("Rate and distortion of each decoder's posterior")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

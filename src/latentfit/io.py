@@ -41,9 +41,10 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Rows as a CSV; `columns` names them even when there are no rows."""
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
@@ -64,7 +65,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def save_split(path: str | Path, split: dict[str, torch.Tensor]) -> None:
-    """A prepared split: {"x": float32 N x 784 in [0, 1], "y": int64 labels}."""
+    """A prepared split: {"x": float32 N x 784 in [0, 1], "y": int64 labels}, and "dynamic" (True) on
+    a training split that training binarises afresh each epoch."""
     save_torch(path, split)
 
 
@@ -75,6 +77,6 @@ def load_split(path: str | Path) -> dict[str, torch.Tensor]:
     import torch
 
     split = torch.load(path, weights_only=True)
-    if set(split) != {"x", "y"} or split["x"].ndim != 2:
+    if not {"x", "y"} <= set(split) <= {"x", "y", "dynamic"} or split["x"].ndim != 2:
         raise DataError(f"{path} is not a prepared split; re-run `dvc repro -f preprocess`")
     return split

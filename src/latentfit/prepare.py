@@ -10,9 +10,15 @@ import torch
 from .errors import DataError
 from .idx import SPLITS, read_idx
 
+BINARIZE_SEED = 0  # the one Bernoulli draw of the test images under dynamic binarisation
 
-def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, torch.Tensor]:
-    """Pixels / 255 as float32 N x 784 in [0, 1], plus int64 labels; the first `limit` items if limit > 0."""
+
+def prepare_split(raw_dir: str | Path, split: str, limit: int = 0, binarize: str = "none") -> dict[str, torch.Tensor]:
+    """Pixels / 255 as float32 N x 784 in [0, 1], plus int64 labels; the first `limit` items if limit > 0.
+
+    `binarize`: "static" thresholds every image at 0.5; "dynamic" keeps the grey training images,
+    flagged `dynamic` so that training draws a fresh Bernoulli image from them each epoch, and
+    binarises the test images once by a Bernoulli draw from a fixed seed (as the literature does)."""
     images_name, labels_name, _ = SPLITS[split]
     raw_dir = Path(raw_dir)
     for name in (images_name, labels_name):
@@ -24,4 +30,11 @@ def prepare_split(raw_dir: str | Path, split: str, limit: int = 0) -> dict[str, 
         raise DataError(f"{split}: {len(images)} images but {len(labels)} labels; re-run `dvc repro -f download`")
     if limit:
         images, labels = images[:limit], labels[:limit]
-    return {"x": images.reshape(len(images), -1).float().div_(255.0), "y": labels}
+    x = images.reshape(len(images), -1).float().div_(255.0)
+    if binarize == "static":
+        return {"x": (x > 0.5).float(), "y": labels}
+    if binarize == "dynamic" and split == "train":
+        return {"x": x, "y": labels, "dynamic": torch.tensor(True)}
+    if binarize == "dynamic":
+        return {"x": torch.bernoulli(x, generator=torch.Generator().manual_seed(BINARIZE_SEED)), "y": labels}
+    return {"x": x, "y": labels}

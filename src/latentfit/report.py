@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .config import EvaluateParams, Params
 from .evaluation.schema import Details, fmt, verdict
+from .evaluation.why import Anatomy, InferenceGaps, walk
 
 FIGURES = "../plots/figures"
 
@@ -42,6 +43,84 @@ def verdict_table(m: Details, p: EvaluateParams) -> list[str]:
     lines += [f"| {name} | {fmt(c.upper_nll)} | {fmt(c.lower_nll)} | {fmt(c.gap, c.gap_se)} |"
               for name, c in (("vae", b.vae), ("direct", b.direct))]
     return lines
+
+
+def _gap_rows(name: str, where: str, g: InferenceGaps) -> str:
+    full = fmt(g.optimised_full)
+    cov = fmt(g.covariance.mean, g.covariance.se) if g.covariance is not None else "n/a"
+    return (f"| {name} | {where} ({g.images}) | {fmt(g.amortised)} | {fmt(g.optimised)} | {full} | {fmt(g.ais)} "
+            f"| {fmt(g.amortisation.mean, g.amortisation.se)} | {cov} | {fmt(g.approximation.mean, g.approximation.se)} |")
+
+
+def why_section(m: Details, p: EvaluateParams) -> list[str]:
+    """The notebook's question, in numbers: what each step from the direct fit's objective to the VAE's
+    likelihood is worth, where each decoder's bound loses, and which estimates can be trusted."""
+    a: Anatomy | None = m.anatomy
+    if a is None:
+        return []
+    stops = walk(m)
+    steps = [f"{label} **{value:.2f}**" for label, value in stops]
+    lines = ["## Why the decoders differ", "",
+             (f"On the verdict's first {m.verdict.ais.images} test images (nats per image, lower is better), from the "
+              "direct fit's own objective to the VAE's likelihood and back up to the VAE's own bound: "
+              + " -> ".join(steps) + f" ([figure]({FIGURES}/gap_walk.png))."), ""]
+    if a.mixture is not None:
+        mix = a.mixture
+        lines += [(f"**The direct fit is a mixture.** With its {mix.components} training draws fixed, its objective is "
+                   f"the likelihood of a {mix.components}-component Bernoulli mixture; on all training images "
+                   f"{mix.used} components carry at least one image's worth of responsibility, the pooled "
+                   f"responsibility has the perplexity of {mix.perplexity:.1f} equally used components, and each image "
+                   f"is explained by {mix.per_image:.2f} components on average. On {mix.images} training images its "
+                   f"objective is {fmt(mix.objective_nll)} against an AIS NLL of {fmt(mix.ais_nll)} for the same "
+                   f"decoder: the objective is {fmt(mix.objective_gap.mean, mix.objective_gap.se)} nats looser than "
+                   "the likelihood it stands for. Fresh prior draws do not rescue it: the decoder was fitted to "
+                   "those few points of z, not to the prior."), ""]
+    lines += [("**Inference gaps** (Cremer et al. 2018): -ELBO of the encoder's q (the direct fit's is post hoc), of "
+               f"the best Gaussian for each image ({p.gap_steps} Adam steps, diagonal then full covariance), and the AIS "
+               "NLL, all on the same images; amortisation = encoder - best diagonal, covariance = diagonal - full, "
+               "approximation = best Gaussian - AIS (each >= 0 in theory, ± standard error over images):"), "",
+              "| decoder | images | encoder -ELBO | best diagonal | best full | AIS NLL | amortisation | covariance "
+              "| approximation |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, fit in (("VAE", a.vae), ("direct", a.direct)):
+        lines.append(_gap_rows(name, "test", fit.test))
+        if fit.train is not None:
+            lines.append(_gap_rows(name, "train", fit.train))
+    if a.vae.train is not None and a.direct.train is not None:
+        lines += ["", "Train minus test, per part (the decoder's overfitting is its AIS NLL's change; the encoder's is "
+                  "its amortisation gap's):", ""]
+        for name, fit in (("VAE", a.vae), ("direct", a.direct)):
+            tr, te = fit.train, fit.test
+            assert tr is not None
+            lines.append(f"- {name}: AIS NLL test - train {te.ais - tr.ais:+.2f}; amortisation gap test - train "
+                         f"{te.amortisation.mean - tr.amortisation.mean:+.2f}; approximation gap test - train "
+                         f"{te.approximation.mean - tr.approximation.mean:+.2f}.")
+    lines += ["", ("**Rate and distortion** of the exact posterior (Huang et al. 2020, from the AIS path at beta = 1: "
+                   "rate = KL(p(z|y) || p(z)), distortion = E[-log p(y|z)], rate + distortion = AIS NLL), beside the "
+                   f"encoder's q over all test images ([curve for beta <= 1]({FIGURES}/rate_distortion.png)):"), "",
+              "| decoder | exact rate | exact distortion | sum | AIS NLL | encoder's KL | encoder's rec | active units "
+              "| largest KL per dimension |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, fit in (("VAE", a.vae), ("direct", a.direct)):
+        post, enc = fit.posterior, fit.encoder
+        lines.append(f"| {name} | {fmt(post.rate, post.rate_se)} | {fmt(post.distortion, post.distortion_se)} "
+                     f"| {fmt(post.rate + post.distortion)} | {fmt(fit.test.ais)} | {fmt(enc.rate)} | {fmt(enc.distortion)} "
+                     f"| {enc.active_units} of {len(enc.kl_per_dim)} | {', '.join(f'{v:.2f}' for v in enc.kl_per_dim[:5])} |")
+    lines += ["", ("**Can each importance-sampling estimate be trusted?** Effective sample size (sum w)^2 / sum w^2 per "
+                   "image and PSIS's Pareto k (k > 0.7: unreliable, whatever its spread); prior sampling needs log M "
+                   "above the posterior's rate:"), "",
+              "| estimate | decoder | draws | median ESS | least ESS | median k | k > 0.7 | rate > log M |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, fit in (("VAE", a.vae), ("direct", a.direct)):
+        for label, r in (("prior sampling", fit.prior_sampling), ("IWAE", fit.iwae)):
+            above = "n/a" if r.rate_above_log_draws is None else f"{r.rate_above_log_draws} of {r.k_images}"
+            lines.append(f"| {label} | {name} | {r.draws} | {r.ess_median:.1f} | {r.ess_min:.2f} | {fmt(r.k_median)} "
+                         f"| {r.flagged} of {r.k_images} | {above} |")
+    if a.by_class:
+        lines += ["", "**The gap by class** (direct - VAE, paired, 95% intervals; AIS on the verdict's images, IWAE on "
+                  "its own):", "", "| class | AIS gap | AIS interval | images | IWAE gap | IWAE interval | images |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c} | {fmt(g.ais.mean)} | {fmt(g.ais.lo)} to {fmt(g.ais.hi)} | {g.ais.images} | {fmt(g.iwae.mean)} "
+                  f"| {fmt(g.iwae.lo)} to {fmt(g.iwae.hi)} | {g.iwae.images} |" for c, g in a.by_class.items()]
+    return [*lines, ""]
 
 
 def render_report(m: Details, params: Params) -> str:
@@ -91,6 +170,7 @@ def render_report(m: Details, params: Params) -> str:
         "",
         *verdict_table(m, p),
         "",
+        *why_section(m, p),
         "Every metric:",
         "",
         (f"Dataset `{params.data.dataset}`, test split; likelihoods in nats per image, lower is better. "

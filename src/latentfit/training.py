@@ -33,6 +33,10 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
     return torch.randperm(n, generator=generator, device=device).split(batch_size)
 
 
+def _draw(y: torch.Tensor, dynamic: bool, generator: torch.Generator) -> torch.Tensor:
+    return torch.bernoulli(y, generator=generator) if dynamic else y
+
+
 def _check_finite(record: dict, what: str, lr_key: str) -> None:
     bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
@@ -44,16 +48,17 @@ def _check_finite(record: dict, what: str, lr_key: str) -> None:
 
 def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int, batch_size: int,
             generator: torch.Generator, start_epoch: int = 0, what: str = "train_vae",
-            lr_key: str = "train_vae.lr") -> Iterator[dict]:
+            lr_key: str = "train_vae.lr", dynamic: bool = False) -> Iterator[dict]:
     """Maximise the ELBO (L = 1) by Adam over shuffled batches; yield epoch-average rec, kl, neg_elbo.
-    `what` and `lr_key` name the fit and its learning-rate param in the error a divergence raises."""
+    `what` and `lr_key` name the fit and its learning-rate param in the error a divergence raises;
+    `dynamic`: each batch is a fresh Bernoulli draw from the grey images (dynamic binarisation)."""
     n, z_dim = len(x), model.decoder.z_dim
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
         sums = torch.zeros(2, device=x.device)
         for idx in batches(n, batch_size, generator, x.device):
-            y = x[idx]
+            y = _draw(x[idx], dynamic, generator)
             noise = torch.randn(len(idx), z_dim, generator=generator, device=x.device)
             rec, kl = elbo_terms(y, *model(y, noise))
             loss = rec.mean() + kl.mean()
@@ -70,11 +75,11 @@ def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, ep
 
 def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int,
                batch_size: int, mc_samples: int, generator: torch.Generator,
-               fixed_draws: torch.Tensor | None = None, start_epoch: int = 0) -> Iterator[dict]:
+               fixed_draws: torch.Tensor | None = None, start_epoch: int = 0, dynamic: bool = False) -> Iterator[dict]:
     """Maximise the MC marginal likelihood log (1/M) sum_m p(y | z_m), z_m ~ N(0, I).
 
     With `fixed_draws` (M x z_dim) the same draws serve every batch (a deterministic objective);
-    without, M fresh draws are taken per batch (unbiased for p(y), noisier).
+    without, M fresh draws are taken per batch (unbiased for p(y), noisier). `dynamic`: as in fit_vae.
     """
     n = len(x)
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -84,7 +89,7 @@ def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tens
         for idx in batches(n, batch_size, generator, x.device):
             z = fixed_draws if fixed_draws is not None else torch.randn(
                 mc_samples, decoder.z_dim, generator=generator, device=x.device)
-            nll = -mc_marginal_log_prob(x[idx], decoder(z))
+            nll = -mc_marginal_log_prob(_draw(x[idx], dynamic, generator), decoder(z))
             optimizer.zero_grad(set_to_none=True)
             nll.mean().backward()
             optimizer.step()

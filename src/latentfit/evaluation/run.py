@@ -12,6 +12,7 @@ import torch
 from ..config import EvaluateParams
 from ..models import VAE, Decoder
 from ..runtime import share_cpus
+from .anatomy import anatomy
 from .likelihoods import estimator_curves, likelihoods, scores
 from .schema import Data, DataTest, Details
 from .structure import denoising, entropy_floor, latent_structure, sample_quality
@@ -26,6 +27,7 @@ class Evaluation:
     prior_curve: list[dict[str, float]]
     denoise: list[dict[str, float]]
     estimators: list[dict[str, Any]]
+    rate_distortion: list[dict[str, Any]]  # empty with evaluate.anatomy off
 
 
 def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor],
@@ -44,9 +46,13 @@ def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: di
     share_cpus()
     samples = sample_quality(decoders, train, test, p, g)
     curve = estimator_curves(decoders, x[: p.ais_curve_images], lik, p, g)
+    why, rd_curve = None, list[dict[str, Any]]()
+    if p.anatomy:  # last: its draws come after every other number's, which stay the same without it
+        why, rd_curve = anatomy(decoders, {"vae": vae, "direct": lik.posthoc["direct"]}, lik, train, test, p, g,
+                                train_draws)
     details = Details(vae=vae_fit, direct=direct_fit, gap=gaps, verdict=verdict, bdmc=checks,
                       data=Data(DataTest(entropy_floor(x))), denoise=denoise, latent=latent, samples=samples,
-                      seconds=time.perf_counter() - start)
-    prior_curve = [{"samples": m, "vae": -lik.prior["vae"][m].mean().item(),
-                    "direct": -lik.prior["direct"][m].mean().item()} for m in sorted(lik.prior["vae"])]
-    return Evaluation(details, prior_curve, [asdict(d) for d in denoise.values()], curve)
+                      seconds=time.perf_counter() - start, anatomy=why)
+    prior_curve = [{"samples": m, "vae": -lik.prior["vae"].log_p[m].mean().item(),
+                    "direct": -lik.prior["direct"].log_p[m].mean().item()} for m in sorted(lik.prior["vae"].log_p)]
+    return Evaluation(details, prior_curve, [asdict(d) for d in denoise.values()], curve, rd_curve)

@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
+from .why import Anatomy, Interval
+from .why import interval as interval  # re-exported: the one interval every module uses
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean with its standard error and `level` t-interval: a paired gap over images, or a metric over seeds."""
-
-    mean: float
-    se: float
-    lo: float
-    hi: float
-    images: int  # how many values it averages (images, or seeds in a sweep summary)
-
-
-def interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
-    """Mean, standard error and the t-interval of the mean (an interval of width 0 with one value)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    n, mean = len(x), float(x.mean())
-    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.5 + level / 2, df=max(1, n - 1))) * se
-    return Interval(mean, se, mean - half, mean + half, n)
 
 
 def fmt(value: float | None, se: float | None = None, digits: int = 2) -> str:
@@ -191,6 +171,7 @@ class Details:
     latent: LatentPair
     samples: Samples
     seconds: float
+    anatomy: Anatomy | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -237,6 +218,8 @@ def _build(cls: type[T], data: Mapping[str, Any]) -> T:
 
 
 def _value(hint: Any, value: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`: the value is an X
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if dataclasses.is_dataclass(hint):
         return _build(hint, value)  # type: ignore[arg-type]
     if typing.get_origin(hint) is dict:

@@ -1,0 +1,147 @@
+"""Why one decoder wins: the evaluate stage's `anatomy` numbers (metrics/evaluate_details.json's
+`anatomy`), and the walk from the direct fit's training objective to the VAE's AIS NLL that the report
+and its figure share. Also the one interval every paired number here uses. Numpy and scipy only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its standard error and `level` t-interval: a paired gap over images, or a metric over seeds."""
+
+    mean: float
+    se: float
+    lo: float
+    hi: float
+    images: int  # how many values it averages (images, or seeds in a sweep summary)
+
+
+def interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
+    """Mean, standard error and the t-interval of the mean (an interval of width 0 with one value)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    n, mean = len(x), float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.5 + level / 2, df=max(1, n - 1))) * se
+    return Interval(mean, se, mean - half, mean + half, n)
+
+
+@dataclass(frozen=True)
+class InferenceGaps:
+    """One decoder on one set of images, -ELBO (nats per image) of: the encoder's q (amortised), the best
+    diagonal Gaussian for each image, the best full-covariance one; and the AIS NLL. Paired over images:
+    amortisation = amortised - best diagonal, covariance = best diagonal - best full, approximation =
+    best Gaussian - AIS (each >= 0 in theory; their sum is the amortised -ELBO minus the AIS NLL)."""
+
+    images: int
+    amortised: float
+    optimised: float
+    optimised_full: float | None
+    ais: float
+    amortisation: Interval
+    approximation: Interval
+    covariance: Interval | None = None
+
+
+@dataclass(frozen=True)
+class RateDistortion:
+    """The exact posterior p(z | y), from the AIS path at beta = 1: rate = KL(p(z | y) || p(z)),
+    distortion = E[-log p(y | z)]; rate + distortion = the AIS NLL. Means over images, with their se."""
+
+    rate: float
+    rate_se: float
+    distortion: float
+    distortion_se: float
+
+
+@dataclass(frozen=True)
+class EncoderUse:
+    """The amortised q (the VAE's encoder, or the direct fit's post-hoc one) over all test images."""
+
+    active_units: int  # Burda et al.: Cov_y(E_q[z_u]) > 0.01
+    kl_per_dim: list[float]  # mean KL(q(z_u | y) || N(0, 1)), by dimension, largest first
+    rate: float  # its mean KL(q || p(z)) and reconstruction term, beside the exact posterior's
+    distortion: float
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """One importance-sampling estimate's weights, per image: effective sample size and PSIS's Pareto k."""
+
+    draws: int
+    images: int  # images with an ESS
+    ess_median: float
+    ess_min: float
+    k_images: int  # images with a Pareto k (their weights are kept)
+    k_median: float
+    flagged: int  # of them, k > 0.7: the estimate cannot be trusted
+    rate_above_log_draws: int | None = None  # prior sampling: images whose posterior rate exceeds log M
+
+
+@dataclass(frozen=True)
+class DecoderAnatomy:
+    test: InferenceGaps
+    train: InferenceGaps | None
+    posterior: RateDistortion
+    encoder: EncoderUse
+    prior_sampling: Reliability
+    iwae: Reliability
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The direct fit's objective with its M training draws fixed is the log-likelihood of an M-component
+    Bernoulli mixture: how it uses them, and what it is worth on its own training images."""
+
+    components: int
+    used: int  # components that carry at least one training image's worth of responsibility
+    perplexity: float  # exp(entropy of the pooled responsibility): the effective number of components
+    per_image: float  # mean 1 / sum_m r_m^2: components that share one image
+    images: int  # training images of the two NLLs below
+    objective_nll: float  # -(its training objective) on them
+    ais_nll: float
+    objective_gap: Interval  # objective - AIS NLL, paired
+    test_objective_nll: float  # the objective on the verdict's test images (the AIS images)
+
+
+@dataclass(frozen=True)
+class ClassGap:
+    """The paired gap direct - VAE on the images of one class."""
+
+    ais: Interval
+    iwae: Interval
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Why one decoder wins: the evaluate stage's `anatomy` (off with evaluate.anatomy: false)."""
+
+    vae: DecoderAnatomy
+    direct: DecoderAnatomy
+    mixture: Mixture | None  # when the direct fit kept its training draws
+    by_class: dict[str, ClassGap]
+
+
+
+
+def walk(d: Any) -> list[tuple[str, float]]:
+    """From the direct fit's training objective (its M fixed draws) to the VAE's AIS NLL and back up to the
+    VAE's own bound, on the verdict's test images: (label, NLL) stops, from Details with an anatomy."""
+    vae = d.anatomy.vae.test
+    stops = [("direct: its training objective (its M fixed draws)", d.anatomy.mixture.test_objective_nll
+              if d.anatomy.mixture is not None else None),
+             ("direct: prior sampling (fresh draws)", d.verdict.prior_mc.direct),
+             ("direct: AIS NLL", d.verdict.ais.direct),
+             ("VAE: AIS NLL", vae.ais),
+             ("VAE: best full-covariance Gaussian -ELBO", vae.optimised_full),
+             ("VAE: best diagonal Gaussian -ELBO", vae.optimised),
+             ("VAE: its encoder's -ELBO", vae.amortised)]
+    return [(label, value) for label, value in stops if value is not None]
