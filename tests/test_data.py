@@ -160,3 +160,21 @@ def test_unreachable_source_is_skipped_for_later_files(synthetic_dir, tmp_path, 
     with FileServer(synthetic_dir) as good:
         fetch_dataset("mnist", [dead, good.url], tmp_path / "raw")
     assert capsys.readouterr().out.count(f"from {dead} failed") == 1
+
+
+def test_static_binarisation_thresholds_both_splits_at_one_half(synthetic_dir):
+    grey = prepare_split(synthetic_dir, "test", limit=50)["x"]
+    for split in ("train", "test"):
+        binary = prepare_split(synthetic_dir, split, limit=50, binarize="static")
+        assert set(binary) == {"x", "y"} and set(binary["x"].unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(prepare_split(synthetic_dir, "test", limit=50, binarize="static")["x"],
+                               (grey > 0.5).float())
+
+
+def test_dynamic_binarisation_flags_the_grey_training_split_and_draws_the_test_split_once(synthetic_dir):
+    train = prepare_split(synthetic_dir, "train", limit=50, binarize="dynamic")
+    assert bool(train["dynamic"]) and torch.equal(train["x"], prepare_split(synthetic_dir, "train", limit=50)["x"])
+    test, again = (prepare_split(synthetic_dir, "test", limit=50, binarize="dynamic")["x"] for _ in range(2))
+    assert set(test.unique().tolist()) <= {0.0, 1.0} and torch.equal(test, again)  # one fixed draw
+    grey = prepare_split(synthetic_dir, "test", limit=50)["x"]
+    assert ((grey == 0) <= (test == 0)).all() and ((grey == 1) <= (test == 1)).all()

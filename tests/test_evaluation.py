@@ -1,5 +1,6 @@
 """The evaluate and visualize stages' library code, in-process, on tiny models and synthetic data."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -47,8 +48,10 @@ def fitted():
     list(fit_direct(direct, make_optimizer(direct, 3e-3), train["x"], epochs=2, batch_size=32, mc_samples=16,
                     generator=g))
     logged = []
+    torch.manual_seed(2)  # module initialisations inside evaluate draw from torch's global generator
     result = evaluate(vae.eval(), direct.eval(), train, test, params.evaluate, hidden=32,
-                      generator=torch.Generator().manual_seed(1), train_draws=torch.randn(16, 3),
+                      generator=torch.Generator().manual_seed(1),
+                      train_draws=torch.randn(16, 3, generator=torch.Generator().manual_seed(0)),
                       log=lambda record, prefix: logged.append(prefix))
     return params, vae, direct, train, test, result, logged
 
@@ -114,6 +117,45 @@ def test_report_leads_with_the_verdict(fitted):
         v = getattr(result.details.verdict, est)
         assert v.images == 20 and v.mean == pytest.approx(v.direct - v.vae, abs=1e-3)
     assert result.details.verdict.ais.mean == pytest.approx(result.details.gap.ais.mean)
+
+
+def test_the_anatomy_obeys_its_math(fitted):
+    """Each q's -ELBO above the next (the optimised start from the encoder's), rate + distortion = AIS NLL,
+    the gaps add up to encoder -ELBO minus AIS NLL, every class of the AIS images has its gap."""
+    params, *_, test, result, _ = fitted
+    a, d = result.details.anatomy, result.details
+    assert a is not None and a.mixture is not None
+    for fit, ais in ((a.vae, d.vae.test.ais_nll), (a.direct, d.direct.test.ais_nll)):
+        for gaps in (fit.test, fit.train):
+            assert gaps is not None and gaps.optimised_full is not None and gaps.covariance is not None
+            assert gaps.amortised >= gaps.optimised - 0.05 and gaps.optimised >= gaps.optimised_full - 0.05
+            total = gaps.amortisation.mean + gaps.covariance.mean + gaps.approximation.mean
+            assert total == pytest.approx(gaps.amortised - gaps.ais, abs=1e-3)
+        assert fit.test.images == 20 and fit.train is not None and fit.train.images == 100
+        assert fit.test.ais == pytest.approx(ais)
+        assert fit.posterior.rate + fit.posterior.distortion == pytest.approx(ais, abs=1e-3)
+        assert fit.posterior.rate > 0 and 0 <= fit.encoder.active_units <= 3 and len(fit.encoder.kl_per_dim) == 3
+        for r, draws in ((fit.prior_sampling, 300), (fit.iwae, 50)):
+            assert r.draws == draws and 1 - 1e-6 <= r.ess_min <= r.ess_median <= draws and 0 <= r.flagged <= r.k_images
+        assert fit.prior_sampling.k_images == 20 and fit.iwae.k_images == 40
+    assert a.mixture.components == 16 and 1 <= a.mixture.used <= 16 and 1 <= a.mixture.perplexity <= 16
+    assert set(a.by_class) <= {str(c) for c in test["y"][:20].tolist()} and a.by_class
+    rd = pd.DataFrame(result.rate_distortion)
+    assert set(rd["fit"]) == {"vae", "direct"} and rd.groupby("fit")["beta"].max().tolist() == [1.0, 1.0]
+    report = render_report(d, params)
+    assert "## Why the decoders differ" in report and "| VAE | train (100) |" in report
+
+
+def test_switching_the_anatomy_off_changes_no_other_number(fitted):
+    params, vae, direct, train, test, result, _ = fitted
+    off = dataclasses.replace(params.evaluate, anatomy=False)
+    torch.manual_seed(2)
+    again = evaluate(vae, direct, train, test, off, hidden=32, generator=torch.Generator().manual_seed(1),
+                     train_draws=torch.randn(16, 3, generator=torch.Generator().manual_seed(0)))
+    assert again.details.anatomy is None and again.rate_distortion == []
+    drop = {"anatomy", "seconds"}
+    assert ({k: v for k, v in again.details.to_dict().items() if k not in drop}
+            == {k: v for k, v in result.details.to_dict().items() if k not in drop})
 
 
 def test_paired_difference_is_a_t_interval_of_the_differences():

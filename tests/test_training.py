@@ -79,3 +79,17 @@ def test_checkpoint_of_other_params_is_discarded(x, tmp_path):
     stale = Checkpoint(tmp_path / "c.pt", {"lr": 2}, model, optimizer, g)
     assert stale.resume() == []
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_dynamic_binarisation_trains_on_fresh_binary_draws(x, monkeypatch):
+    """Each batch the loss sees is a fresh Bernoulli draw of the grey images: binary, and different per epoch."""
+    import latentfit.training as training
+
+    seen = []
+    real = training.elbo_terms
+    monkeypatch.setattr(training, "elbo_terms", lambda y, *rest: (seen.append(y.clone()), real(y, *rest))[1])
+    model = VAE(z_dim=4, hidden=32)
+    list(fit_vae(model, make_optimizer(model, 1e-3), x[:64], epochs=2, batch_size=64,
+                 generator=torch.Generator().manual_seed(0), dynamic=True))
+    assert len(seen) == 2 and all(set(y.unique().tolist()) <= {0.0, 1.0} for y in seen)
+    assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # a new draw each epoch (same images, other order)

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from .likelihood import bernoulli_log_prob
 from .models import Decoder
 
 PARETO_K_LIMIT = 0.7  # Vehtari et al. 2024: above it, importance sampling's estimate is unreliable
+UNDERFLOW = math.log(np.finfo(np.float64).tiny)  # about -708: exp of a log weight this far below the top is 0
 
 
 @dataclass
@@ -76,7 +78,7 @@ def optimise_gaussian(decoder: Decoder, y: torch.Tensor, start: GaussianFit, *, 
     mu = start.mu.detach().clone().requires_grad_()
     log_diag = start.scale_tril.diagonal(dim1=-2, dim2=-1).log().detach().clone().requires_grad_()
     lower = torch.tril(start.scale_tril.detach(), -1).clone().requires_grad_(full)
-    mask = torch.ones(d, d, device=mu.device).tril(-1)
+    mask = torch.ones(d, d, device=mu.device, dtype=mu.dtype).tril(-1)
 
     def current() -> GaussianFit:
         tril = torch.diag_embed(log_diag.exp())
@@ -88,7 +90,7 @@ def optimise_gaussian(decoder: Decoder, y: torch.Tensor, start: GaussianFit, *, 
     try:
         for _ in range(steps):
             q = current()
-            eps = torch.randn(samples, *mu.shape, generator=generator, device=mu.device)
+            eps = torch.randn(samples, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             rec = -bernoulli_log_prob(y, decoder(q.sample(eps))).mean(0)
             loss = (rec + q.kl()).sum()  # images are independent: the sum's gradient is each image's own
             optimizer.zero_grad(set_to_none=True)
@@ -103,11 +105,21 @@ def optimise_gaussian(decoder: Decoder, y: torch.Tensor, start: GaussianFit, *, 
 
 
 def pareto_k(log_w: torch.Tensor) -> np.ndarray:
-    """Pareto smoothed importance sampling's k-hat of each row's weights (arviz-stats' implementation)."""
+    """Pareto smoothed importance sampling's k-hat of each row's weights (arviz-stats' implementation).
+
+    arviz-stats' `psislw` takes log-likelihood values, whose negatives are its log weights (as in LOO), so
+    it is given -log_w. Where the tail it fits (the largest 3 sqrt(n) weights) spans more than float64's
+    range below the largest weight, the fit would see zeros: such weights are dominated by a few so
+    completely that k is taken as infinite."""
     from arviz_stats.base import array_stats
 
-    _, k = array_stats.psislw(log_w.double().cpu().numpy(), axis=-1)
-    return np.asarray(k, dtype=float)
+    lw = log_w.double().cpu().numpy()
+    tail = int(math.ceil(min(0.2 * lw.shape[-1], 3 * math.sqrt(lw.shape[-1]))))
+    ordered = np.sort(lw, axis=-1)
+    degenerate = ordered[..., -tail - 1] - ordered[..., -1] < UNDERFLOW
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        _, k = array_stats.psislw(-lw, axis=-1)
+    return np.where(degenerate, np.inf, np.asarray(k, dtype=float))
 
 
 @torch.no_grad()

@@ -96,7 +96,8 @@ def why_section(m: Details, p: EvaluateParams) -> list[str]:
                          f"{te.approximation.mean - tr.approximation.mean:+.2f}.")
     lines += ["", ("**Rate and distortion** of the exact posterior (Huang et al. 2020, from the AIS path at beta = 1: "
                    "rate = KL(p(z|y) || p(z)), distortion = E[-log p(y|z)], rate + distortion = AIS NLL), beside the "
-                   f"encoder's q over all test images ([curve for beta <= 1]({FIGURES}/rate_distortion.png)):"), "",
+                   "encoder's q on the same images (its KL and reconstruction terms; active units and KL per "
+                   f"dimension over all test images) ([curve for beta <= 1]({FIGURES}/rate_distortion.png)):"), "",
               "| decoder | exact rate | exact distortion | sum | AIS NLL | encoder's KL | encoder's rec | active units "
               "| largest KL per dimension |", "|---|---|---|---|---|---|---|---|---|"]
     for name, fit in (("VAE", a.vae), ("direct", a.direct)):

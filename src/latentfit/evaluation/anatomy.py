@@ -47,17 +47,22 @@ RD_POINTS = 60  # betas of the rate-distortion curve written to its CSV
 
 
 def inference_gaps(decoder: Decoder, encoder: VAE, x: torch.Tensor, ais_nll: torch.Tensor, p: EvaluateParams,
-                   g: torch.Generator) -> tuple[InferenceGaps, dict[str, torch.Tensor]]:
-    """The decomposition on images `x` whose AIS NLL is `ais_nll`; also each q's per-image -ELBO."""
+                   g: torch.Generator) -> tuple[InferenceGaps, dict[str, dict[str, torch.Tensor]]]:
+    """The decomposition on images `x` whose AIS NLL is `ais_nll`; also each q's per-image elbo, rec, kl."""
     start = GaussianFit.diagonal(*encode(encoder, x))
     options: dict[str, Any] = {"steps": p.gap_steps, "samples": p.gap_samples, "lr": p.gap_lr, "generator": g}
     family = {"amortised": start, "optimised": optimise_gaussian(decoder, x, start, full=False, **options)}
     if p.gap_full_covariance:
         family["optimised_full"] = optimise_gaussian(decoder, x, family["optimised"], full=True, **options)
     eps = torch.randn(p.gap_eval_samples, *start.mu.shape, generator=g, device=x.device)
-    scored = {name: [gaussian_elbo(decoder, x, q, chunk) for chunk in eps.split(max(1, 20000 // len(x)))]
-              for name, q in family.items()}
-    neg = {name: -torch.stack([part["elbo"] for part in parts]).mean(0) for name, parts in scored.items()}
+    chunks = eps.split(max(1, 20000 // len(x)))  # about 20000 decoded rows at a time
+    terms = {}
+    for name, q in family.items():
+        parts = [gaussian_elbo(decoder, x, q, chunk) for chunk in chunks]
+        weights = torch.tensor([len(c) / len(eps) for c in chunks], device=x.device, dtype=x.dtype)
+        rec = sum(w * part["rec"] for w, part in zip(weights, parts, strict=True))
+        terms[name] = {"rec": rec, "kl": parts[0]["kl"], "elbo": -(rec + parts[0]["kl"])}
+    neg = {name: -t["elbo"] for name, t in terms.items()}
     best = neg.get("optimised_full", neg["optimised"])
     gaps = InferenceGaps(
         images=len(x), amortised=neg["amortised"].mean().item(), optimised=neg["optimised"].mean().item(),
@@ -65,7 +70,7 @@ def inference_gaps(decoder: Decoder, encoder: VAE, x: torch.Tensor, ais_nll: tor
         ais=ais_nll.mean().item(), amortisation=paired_difference(neg["amortised"], neg["optimised"]),
         approximation=paired_difference(best, ais_nll),
         covariance=paired_difference(neg["optimised"], best) if "optimised_full" in neg else None)
-    return gaps, neg
+    return gaps, terms
 
 
 def _posterior(path: AisPath) -> tuple[RateDistortion, list[dict[str, float]]]:
@@ -80,15 +85,12 @@ def _posterior(path: AisPath) -> tuple[RateDistortion, list[dict[str, float]]]:
     return point, curve
 
 
-def _encoder_use(encoder: VAE, decoder: Decoder, x: torch.Tensor, g: torch.Generator) -> EncoderUse:
+def _encoder_use(encoder: VAE, x: torch.Tensor, amortised: dict[str, torch.Tensor]) -> EncoderUse:
+    """Active units and KL per dimension over the test images `x`; rate and distortion on the AIS images."""
     mu, logvar = encode(encoder, x)
-    eps = torch.randn(mu.shape, generator=g, device=x.device)[None]
-    terms = torch.cat([torch.stack(list(gaussian_elbo(decoder, y, GaussianFit.diagonal(m, v), e).values()))
-                       for y, m, v, e in zip(x.split(1000), mu.split(1000), logvar.split(1000), eps.split(1000, 1),
-                                             strict=True)], 1)
     kl = kl_per_dimension(mu, logvar).sort(descending=True).values
-    return EncoderUse(active_units(mu), [round(v, 4) for v in kl.tolist()], terms[2].mean().item(),
-                      terms[1].mean().item())
+    return EncoderUse(active_units(mu), [round(v, 4) for v in kl.tolist()], amortised["kl"].mean().item(),
+                      amortised["rec"].mean().item())
 
 
 def _reliability(sampled: Sampled, draws: int, rate: torch.Tensor | None = None) -> Reliability:
@@ -131,7 +133,7 @@ def anatomy(decoders: dict[str, Decoder], encoders: dict[str, VAE], lik: Likelih
     fits, curve, train_ais = {}, [], {}
     for name, decoder in decoders.items():
         share_cpus()
-        test_gaps, _ = inference_gaps(decoder, encoders[name], x, -lik.ais[name].log_prob, p, g)
+        test_gaps, terms = inference_gaps(decoder, encoders[name], x, -lik.ais[name].log_prob, p, g)
         train_gaps = None
         if len(x_train):
             path = ais_paths(decoder, x_train, batch_size=p.ais_batch_size, chains=p.ais_chains,
@@ -143,7 +145,7 @@ def anatomy(decoders: dict[str, Decoder], encoders: dict[str, VAE], lik: Likelih
         rate = rate_distortion(lik.ais[name].betas, lik.ais[name].log_z, lik.ais[name].distortion).rate[-1]
         fits[name] = DecoderAnatomy(
             test=test_gaps, train=train_gaps, posterior=posterior,
-            encoder=_encoder_use(encoders[name], decoder, test["x"], g),
+            encoder=_encoder_use(encoders[name], test["x"], terms["amortised"]),
             prior_sampling=_reliability(lik.prior[name], p.prior_mc_samples, rate),
             iwae=_reliability(lik.iwae[name], p.iwae_samples))
     mixture = None

@@ -64,11 +64,11 @@ class RateDistortion:
 
 @dataclass(frozen=True)
 class EncoderUse:
-    """The amortised q (the VAE's encoder, or the direct fit's post-hoc one) over all test images."""
+    """The amortised q (the VAE's encoder, or the direct fit's post-hoc one)."""
 
-    active_units: int  # Burda et al.: Cov_y(E_q[z_u]) > 0.01
-    kl_per_dim: list[float]  # mean KL(q(z_u | y) || N(0, 1)), by dimension, largest first
-    rate: float  # its mean KL(q || p(z)) and reconstruction term, beside the exact posterior's
+    active_units: int  # Burda et al.: Cov_y(E_q[z_u]) > 0.01 over all test images
+    kl_per_dim: list[float]  # mean KL(q(z_u | y) || N(0, 1)) over all test images, by dimension, largest first
+    rate: float  # its mean KL(q || p(z)) and reconstruction term on the AIS images, beside the exact posterior's
     distortion: float
 
 
