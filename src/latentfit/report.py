@@ -52,7 +52,20 @@ def _gap_rows(name: str, where: str, g: InferenceGaps) -> str:
             f"| {fmt(g.amortisation.mean, g.amortisation.se)} | {cov} | {fmt(g.approximation.mean, g.approximation.se)} |")
 
 
-def why_section(m: Details, p: EvaluateParams) -> list[str]:
+def _diagonal_miss(g: InferenceGaps) -> float:
+    """The best diagonal Gaussian's -ELBO above the AIS NLL."""
+    return g.optimised - g.ais
+
+
+def class_names(dataset: str) -> list[str]:
+    """The dataset's class names, as torchvision's dataset classes carry them (nothing is downloaded)."""
+    from torchvision import datasets
+
+    source = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}.get(dataset)
+    return list(source.classes) if source is not None else []
+
+
+def why_section(m: Details, p: EvaluateParams, dataset: str = "") -> list[str]:
     """The notebook's question, in numbers: what each step from the direct fit's objective to the VAE's
     likelihood is worth, where each decoder's bound loses, and which estimates can be trusted."""
     a: Anatomy | None = m.anatomy
@@ -64,6 +77,14 @@ def why_section(m: Details, p: EvaluateParams) -> list[str]:
              (f"On the verdict's first {m.verdict.ais.images} test images (nats per image, lower is better), from the "
               "direct fit's own objective to the VAE's likelihood and back up to the VAE's own bound: "
               + " -> ".join(steps) + f" ([figure]({FIGURES}/gap_walk.png))."), ""]
+    v, d = a.vae.test, a.direct.test
+    lines += [("**In short.** Posterior shape, per decoder: the best full-covariance Gaussian is "
+               f"{v.approximation.mean:.2f} nats from the VAE decoder's AIS NLL and {d.approximation.mean:.2f} from the "
+               f"direct fit's; a diagonal one {_diagonal_miss(v):.2f} and {_diagonal_miss(d):.2f}; their encoders lose "
+               f"{v.amortisation.mean:.2f} and {d.amortisation.mean:.2f} more. The decoders themselves differ by "
+               f"{m.verdict.ais.mean:.2f} nats of AIS NLL, rate (KL of the exact posterior from the prior) "
+               f"{a.vae.posterior.rate:.2f} against {a.direct.posterior.rate:.2f}, distortion "
+               f"{a.vae.posterior.distortion:.2f} against {a.direct.posterior.distortion:.2f}."), ""]
     if a.mixture is not None:
         mix = a.mixture
         lines += [(f"**The direct fit is a mixture.** With its {mix.components} training draws fixed, its objective is "
@@ -113,14 +134,18 @@ def why_section(m: Details, p: EvaluateParams) -> list[str]:
     for name, fit in (("VAE", a.vae), ("direct", a.direct)):
         for label, r in (("prior sampling", fit.prior_sampling), ("IWAE", fit.iwae)):
             above = "n/a" if r.rate_above_log_draws is None else f"{r.rate_above_log_draws} of {r.k_images}"
-            lines.append(f"| {label} | {name} | {r.draws} | {r.ess_median:.1f} | {r.ess_min:.2f} | {fmt(r.k_median)} "
+            k = fmt(r.k_median) if r.k_median is not None else "inf"
+            lines.append(f"| {label} | {name} | {r.draws} | {r.ess_median:.1f} | {r.ess_min:.2f} | {k} "
                          f"| {r.flagged} of {r.k_images} | {above} |")
     if a.by_class:
         lines += ["", "**The gap by class** (direct - VAE, paired, 95% intervals; AIS on the verdict's images, IWAE on "
                   "its own):", "", "| class | AIS gap | AIS interval | images | IWAE gap | IWAE interval | images |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {c} | {fmt(g.ais.mean)} | {fmt(g.ais.lo)} to {fmt(g.ais.hi)} | {g.ais.images} | {fmt(g.iwae.mean)} "
-                  f"| {fmt(g.iwae.lo)} to {fmt(g.iwae.hi)} | {g.iwae.images} |" for c, g in a.by_class.items()]
+        names = class_names(dataset)
+        for c, g in a.by_class.items():
+            name = names[int(c)] if int(c) < len(names) else c
+            lines.append(f"| {name} | {fmt(g.ais.mean)} | {fmt(g.ais.lo)} to {fmt(g.ais.hi)} | {g.ais.images} "
+                         f"| {fmt(g.iwae.mean)} | {fmt(g.iwae.lo)} to {fmt(g.iwae.hi)} | {g.iwae.images} |")
     return [*lines, ""]
 
 
@@ -171,7 +196,7 @@ def render_report(m: Details, params: Params) -> str:
         "",
         *verdict_table(m, p),
         "",
-        *why_section(m, p),
+        *why_section(m, p, params.data.dataset),
         "Every metric:",
         "",
         (f"Dataset `{params.data.dataset}`, test split; likelihoods in nats per image, lower is better. "

@@ -97,8 +97,9 @@ def _reliability(sampled: Sampled, draws: int, rate: torch.Tensor | None = None)
     ess = sampled.ess.double()
     k = pareto_k(sampled.log_w) if sampled.log_w is not None else np.array([])
     above = None if rate is None else int((rate[: len(k)] > math.log(draws)).sum())
+    median = float(np.median(k)) if len(k) else math.nan
     return Reliability(draws=draws, images=len(ess), ess_median=ess.median().item(), ess_min=ess.min().item(),
-                       k_images=len(k), k_median=float(np.median(k)) if len(k) else math.nan,
+                       k_images=len(k), k_median=median if math.isfinite(median) else None,
                        flagged=int((k > PARETO_K_LIMIT).sum()), rate_above_log_draws=above)
 
 

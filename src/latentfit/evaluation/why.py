@@ -81,7 +81,7 @@ class Reliability:
     ess_median: float
     ess_min: float
     k_images: int  # images with a Pareto k (their weights are kept)
-    k_median: float
+    k_median: float | None  # None: k is infinite for most images (their weights span more than float64's range)
     flagged: int  # of them, k > 0.7: the estimate cannot be trusted
     rate_above_log_draws: int | None = None  # prior sampling: images whose posterior rate exceeds log M
 
