@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .config import EvaluateParams, Params
 from .evaluation.schema import Details, fmt, verdict
 from .evaluation.why import Anatomy, InferenceGaps, walk
@@ -107,14 +109,18 @@ def why_section(m: Details, p: EvaluateParams, dataset: str = "") -> list[str]:
         if fit.train is not None:
             lines.append(_gap_rows(name, "train", fit.train))
     if a.vae.train is not None and a.direct.train is not None:
-        lines += ["", "Train minus test, per part (the decoder's overfitting is its AIS NLL's change; the encoder's is "
-                  "its amortisation gap's):", ""]
+        lines += ["", ("Test minus train, per part (different images, so the AIS NLL's difference carries the spread "
+                       "between images, its standard error given; the gaps' differences are far better resolved): "
+                       "the decoder's part is the AIS NLL's, the encoder's the amortisation gap's:"), ""]
         for name, fit in (("VAE", a.vae), ("direct", a.direct)):
             tr, te = fit.train, fit.test
             assert tr is not None
-            lines.append(f"- {name}: AIS NLL test - train {te.ais - tr.ais:+.2f}; amortisation gap test - train "
-                         f"{te.amortisation.mean - tr.amortisation.mean:+.2f}; approximation gap test - train "
-                         f"{te.approximation.mean - tr.approximation.mean:+.2f}.")
+            spread = math.hypot(te.ais_se or 0.0, tr.ais_se or 0.0)
+            lines.append(f"- {name}: AIS NLL {te.ais - tr.ais:+.2f} ± {spread:.2f}; amortisation gap "
+                         f"{te.amortisation.mean - tr.amortisation.mean:+.2f} ± "
+                         f"{math.hypot(te.amortisation.se, tr.amortisation.se):.2f}; approximation gap "
+                         f"{te.approximation.mean - tr.approximation.mean:+.2f} ± "
+                         f"{math.hypot(te.approximation.se, tr.approximation.se):.2f}.")
     lines += ["", ("**Rate and distortion** of the exact posterior (Huang et al. 2020, from the AIS path at beta = 1: "
                    "rate = KL(p(z|y) || p(z)), distortion = E[-log p(y|z)], rate + distortion = AIS NLL), beside the "
                    "encoder's q on the same images (its KL and reconstruction terms; active units and KL per "

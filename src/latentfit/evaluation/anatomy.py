@@ -69,7 +69,8 @@ def inference_gaps(decoder: Decoder, encoder: VAE, x: torch.Tensor, ais_nll: tor
         optimised_full=neg["optimised_full"].mean().item() if "optimised_full" in neg else None,
         ais=ais_nll.mean().item(), amortisation=paired_difference(neg["amortised"], neg["optimised"]),
         approximation=paired_difference(best, ais_nll),
-        covariance=paired_difference(neg["optimised"], best) if "optimised_full" in neg else None)
+        covariance=paired_difference(neg["optimised"], best) if "optimised_full" in neg else None,
+        ais_se=standard_error(ais_nll))
     return gaps, terms
 
 

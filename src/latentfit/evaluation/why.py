@@ -49,6 +49,7 @@ class InferenceGaps:
     amortisation: Interval
     approximation: Interval
     covariance: Interval | None = None
+    ais_se: float | None = None  # the AIS NLL's standard error over these images
 
 
 @dataclass(frozen=True)
