@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
            "vae_denoising", "tsne_vae", "samples_vae_vs_direct", "search_reconstruction", "training_curves",
-           "prior_mc_curve", "denoise_sweep", "estimator_convergence"}
+           "prior_mc_curve", "denoise_sweep", "estimator_convergence", "gap_walk", "rate_distortion"}
 HEADLINE = ["train.vae", "train.direct", "ais.vae", "ais.direct", "ais.gap", "iwae.vae", "iwae.direct", "iwae.gap",
             "nelbo.vae", "prior.direct"]
 STAGES = ["download", "preprocess", "train_vae", "train_direct", "evaluate", "visualize"]
@@ -32,7 +32,8 @@ SMALL = {  # every stage runs for real, on little data
     "evaluate": {"prior_mc_samples": 500, "prior_mc_curve": [10, 100], "search_candidates": 500,
                  "denoise_images": 40, "iwae_samples": 100, "iwae_images": 300, "encoder_epochs": 2,
                  "classifier_epochs": 1, "fid_samples": 200, "silhouette_points": 100, "ais_images": 30,
-                 "ais_chains": 4, "ais_steps": 30, "ais_curve_steps": [10], "ais_curve_images": 10, "bdmc_images": 10},
+                 "ais_chains": 4, "ais_steps": 30, "ais_curve_steps": [10], "ais_curve_images": 10, "bdmc_images": 10,
+                 "gap_train_images": 30, "gap_steps": 50, "gap_eval_samples": 200},
     "visualize": {"search_candidates": 500, "tsne_points": 120},
     "device": "cpu",
 }

@@ -68,7 +68,8 @@ def test_repro_runs_the_six_stages_and_writes_every_output(base):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(p.rglob("*.tmp")), "a temporary file was left behind"
     drawn = json.loads(repo.dvc("plots", "show", "--json"))["data"]
-    assert {"vae_objective", "vae_kl", "direct_objective", "prior_sampling", "denoising", "estimators"} <= set(drawn)
+    assert {"vae_objective", "vae_kl", "direct_objective", "prior_sampling", "denoising", "estimators",
+            "rate_distortion"} <= set(drawn)
 
 
 def test_metrics_hold_every_key(base):
