@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .likelihood import bernoulli_log_prob
+from .likelihood import bernoulli_log_prob, pairwise_bernoulli_log_prob
 from .models import Decoder
 
 PARETO_K_LIMIT = 0.7  # Vehtari et al. 2024: above it, importance sampling's estimate is unreliable
@@ -127,8 +127,7 @@ def responsibilities(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, bat
     """p(component m | y_b) of the mixture (1/M) sum_m p(y | z_m) the direct fit trains on: (B, M)."""
     decoder.eval()
     logits = decoder(draws)
-    parts = [torch.softmax(y @ logits.T - torch.nn.functional.softplus(logits).sum(-1), 1) for y in x.split(batch_size)]
-    return torch.cat(parts)
+    return torch.cat([torch.softmax(pairwise_bernoulli_log_prob(y, logits), 1) for y in x.split(batch_size)])
 
 
 def component_use(resp: torch.Tensor) -> dict[str, Any]:

@@ -74,8 +74,8 @@ def inference_gaps(decoder: Decoder, encoder: VAE, x: torch.Tensor, ais_nll: tor
     return gaps, terms
 
 
-def _posterior(path: AisPath) -> tuple[RateDistortion, list[dict[str, float]]]:
-    """The exact posterior's rate and distortion at beta = 1, and the mean curve over betas."""
+def _posterior(path: AisPath) -> tuple[RateDistortion, list[dict[str, float]], torch.Tensor]:
+    """The exact posterior's rate and distortion at beta = 1, the mean curve over betas, and each image's rate."""
     rd = rate_distortion(path.betas, path.log_z, path.distortion)
     rate, distortion = rd.rate[-1], rd.distortion[-1]
     point = RateDistortion(rate.mean().item(), standard_error(rate), distortion.mean().item(),
@@ -83,7 +83,7 @@ def _posterior(path: AisPath) -> tuple[RateDistortion, list[dict[str, float]]]:
     keep = np.unique(np.linspace(0, len(rd.beta) - 1, RD_POINTS).round().astype(int))
     curve = [{"beta": rd.beta[i].item(), "rate": rd.rate[i].mean().item(), "distortion": rd.distortion[i].mean().item()}
              for i in keep]
-    return point, curve
+    return point, curve, rate
 
 
 def _encoder_use(encoder: VAE, x: torch.Tensor, amortised: dict[str, torch.Tensor]) -> EncoderUse:
@@ -142,9 +142,8 @@ def anatomy(decoders: dict[str, Decoder], encoders: dict[str, VAE], lik: Likelih
                              schedule=ais_schedule(p), generator=g, tick=share_cpus)
             train_ais[name] = -path.log_prob
             train_gaps, _ = inference_gaps(decoder, encoders[name], x_train, train_ais[name], p, g)
-        posterior, rows = _posterior(lik.ais[name])
+        posterior, rows, rate = _posterior(lik.ais[name])
         curve += [{"fit": name, **row} for row in rows]
-        rate = rate_distortion(lik.ais[name].betas, lik.ais[name].log_z, lik.ais[name].distortion).rate[-1]
         fits[name] = DecoderAnatomy(
             test=test_gaps, train=train_gaps, posterior=posterior,
             encoder=_encoder_use(encoders[name], test["x"], terms["amortised"]),
