@@ -1,59 +1,61 @@
-"""Stage 5: both fits on one footing, on held-out data: likelihoods (AIS, IWAE, prior sampling) and
-their paired gap, denoising, latent structure, samples."""
+"""Stage 5, once per fit (`evaluate@<fit>`, `python stages/evaluate.py <fit>`): one fit on held-out data,
+on its own: likelihoods (AIS, IWAE, prior sampling) per image, denoising, latent structure, samples, the
+anatomy of its bound, and the arrays of its figures. Reads only its own model file, so a change to one
+fit re-evaluates that fit alone; the final stage compares the fits."""
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
+import numpy as np
 import torch
 
 from latentfit.config import load_params, to_flat_dict
-from latentfit.evaluation.run import evaluate
-from latentfit.io import load_split, write_csv, write_json, write_text
-from latentfit.mlmodels import link_and_rank
-from latentfit.modelfile import load_decoder, load_vae
-from latentfit.report import render_report
+from latentfit.errors import ParamsError
+from latentfit.evaluation.run import RD_COLUMNS, evaluate_fit
+from latentfit.figure_data import fit_figure_data
+from latentfit.fits import names
+from latentfit.io import atomic_dir, file_md5, load_split, write_csv, write_json, write_table
+from latentfit.modelfile import load_fit
+from latentfit.posthoc import load_classifier
 from latentfit.runtime import pick_device, seeded_generator, stage_main
 from latentfit.tracking import stage_run
 
-TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
-VAE_MODEL, DIRECT_MODEL = "models/vae.pt", "models/direct.pt"
-HEADLINE, DETAILS, REPORT = "metrics/evaluate.json", "metrics/evaluate_details.json", "metrics/report.md"
-PRIOR_CURVE, DENOISE, ESTIMATORS = "plots/prior_mc.csv", "plots/denoise.csv", "plots/estimators.csv"
-RATE_DISTORTION = "plots/rate_distortion.csv"
+TRAIN, TEST, CLASSIFIER = "data/prepared/train.pt", "data/prepared/test.pt", "models/classifier.pt"
 TRAIN_DRAW_SEED = 0  # the one binary draw of dynamically binarised training images that evaluate scores
 
 
 @stage_main("evaluate")
 def main() -> None:
+    fit_name = sys.argv[1] if len(sys.argv) == 2 else ""
+    if fit_name not in names():
+        raise ParamsError(f"usage: python stages/evaluate.py FIT, with FIT one of {', '.join(names())} (got "
+                          f"{fit_name or 'nothing'}); `dvc repro evaluate@{names()[0]}` runs it for you")
+    model_path, out = Path(f"models/{fit_name}.pt"), Path(f"metrics/{fit_name}")
     params = load_params()
     device = pick_device(params.device)
-    g = seeded_generator(params.evaluate.seed, device)
     train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
     if train.pop("dynamic", None) is not None:  # dynamically binarised: score one fixed binary draw of it
         train["x"] = torch.bernoulli(train["x"], generator=seeded_generator(TRAIN_DRAW_SEED, device))
-    vae, (direct, train_draws) = load_vae(VAE_MODEL, device), load_decoder(DIRECT_MODEL, device)
+    fit = load_fit(fit_name, model_path, device)
+    classifier, reference = load_classifier(CLASSIFIER, device)
 
-    with stage_run("evaluate", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
-        result = evaluate(vae, direct, train, test, params.evaluate, hidden=params.model.hidden, generator=g,
-                          train_draws=train_draws, log=run.log_epoch)
-        details = result.details
-        report = render_report(details, params)
-        write_json(DETAILS, details.to_dict())
-        write_csv(PRIOR_CURVE, result.prior_curve)
-        write_csv(DENOISE, result.denoise)
-        write_csv(ESTIMATORS, result.estimators)
-        write_csv(RATE_DISTORTION, result.rate_distortion, columns=["fit", "beta", "rate", "distortion"])
-        write_text(REPORT, report)
-        write_json(HEADLINE, details.headline())  # last: DVC's metric, written once everything else is
-        run.log_metrics(details.to_dict())
-        run.log_artifact(REPORT)
-        held_out = {fit: {k: v for k, v in asdict(scores.test).items() if v is not None}
-                    for fit, scores in (("vae", details.vae), ("direct", details.direct))}
-        run.call(link_and_rank, {"vae": VAE_MODEL, "direct": DIRECT_MODEL}, held_out, params.data.dataset)
-    print(report)
+    with stage_run(f"evaluate@{fit_name}", to_flat_dict(params), params.tracking.experiment,
+                   params.tracking.required) as run:
+        result = evaluate_fit(fit, train, test, params.evaluate, classifier=classifier, reference=reference,
+                              model_md5=file_md5(model_path), log=run.log_epoch)
+        arrays = fit_figure_data(fit, result.likelihoods.encoder, train, test, params.visualize)
+        with atomic_dir(out) as tmp:  # the fit's results appear together, or not at all
+            write_table(tmp / "images.csv", result.images)
+            write_csv(tmp / "estimators.csv", result.estimators)
+            write_csv(tmp / "rate_distortion.csv", result.rate_distortion, columns=RD_COLUMNS)
+            np.savez_compressed(tmp / "figures.npz", **arrays)
+            write_json(tmp / "scores.json", result.scores.to_dict())
+        run.log_metrics(result.scores.to_dict())
+    test_scores = result.scores.test
+    print(f"{fit_name}: AIS NLL {test_scores.ais_nll:.2f} ± {test_scores.ais_nll_se:.2f}, IWAE NLL "
+          f"{test_scores.iwae_nll:.2f}, prior-sampling NLL {test_scores.prior_mc_nll:.2f} -> {out}/")
 
 
 if __name__ == "__main__":

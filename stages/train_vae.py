@@ -1,4 +1,5 @@
-"""Stage 3: fit the VAE by maximising the ELBO (L = 1), resuming from the last completed epoch."""
+"""Stage 3: fit the VAE by maximising the ELBO (L = 1), or Burda et al.'s IWAE bound with
+train_vae.iwae_k > 1 importance samples, resuming from the last completed epoch."""
 
 import sys
 from pathlib import Path
@@ -36,10 +37,11 @@ def main() -> None:
     with stage_run("train_vae", flat, params.tracking.experiment, params.tracking.required) as run:
         run.call(log_training_data, params.data.dataset)
         records = fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
-                          start_epoch=len(history), dynamic=dynamic)
+                          start_epoch=len(history), dynamic=dynamic, iwae_k=p.iwae_k)
         history = run_epochs(
             records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_vae", csv=HISTORY,
-            line=lambda r: f"epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}")
+            line=lambda r: f"epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}"
+                           + (f"  -IWAE({p.iwae_k})={r['neg_iwae']:.2f}" if "neg_iwae" in r else ""))
         last = history[-1]
         save_torch(MODEL, model_file(model))
         write_json(METRICS, {"train": {"vae": last["neg_elbo"]}})  # the headline: dvc exp show's column train.vae

@@ -1,48 +1,80 @@
-"""Stage 6: every figure of the notebook, plus the training curves and the evaluation's curves, as PNGs
-under plots/figures/. With model.z_dim = 2 the latent space is drawn directly: a scatter of latent
-means and both decoders over a grid of z, in place of the t-SNE."""
+"""Stage 6, the final one: compares the fits from what each `evaluate@<fit>` stage wrote (paired gaps and
+their intervals, the verdict, metrics/report.md, the `dvc exp show` headline, the registry's alias) and
+draws every figure: the notebook's, the training curves and the evaluation's curves. Runs no model."""
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
 from latentfit.config import load_params, to_flat_dict
-from latentfit.evaluation.schema import Details
-from latentfit.figure_data import curve_figures, model_figures
-from latentfit.io import load_split, save_figure
-from latentfit.modelfile import load_decoder, load_vae
-from latentfit.runtime import pick_device, seeded_generator, stage_main
+from latentfit.errors import DataError
+from latentfit.evaluation.compare import compare, denoise_table, prior_curve
+from latentfit.evaluation.schema import FitScores, Reference
+from latentfit.fits import names
+from latentfit.io import save_figure, write_json, write_table, write_text
+from latentfit.mlmodels import link_and_rank
+from latentfit.panels import curve_figures, model_figures
+from latentfit.report import class_names, render_report
+from latentfit.runtime import stage_main
 from latentfit.tracking import stage_run
 
-TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
-VAE_MODEL, DIRECT_MODEL, DETAILS = "models/vae.pt", "models/direct.pt", "metrics/evaluate_details.json"
-HISTORIES = {"vae": "plots/train_vae.csv", "direct": "plots/train_direct.csv"}
+REFERENCE = "metrics/reference.json"
+HEADLINE, DETAILS, REPORT = "metrics/comparison.json", "metrics/comparison_details.json", "metrics/report.md"
 CURVES = {"prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv", "estimators": "plots/estimators.csv",
           "rate_distortion": "plots/rate_distortion.csv"}
 FIGURES = Path("plots/figures")
 
 
+def read_fit(name: str) -> tuple[FitScores, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """What `evaluate@<name>` wrote: its numbers, per-image results, curves and figure arrays."""
+    where = Path("metrics") / name
+    if not (where / "scores.json").is_file():
+        raise DataError(f"{where}/scores.json is missing: run `dvc repro evaluate@{name}` first")
+    with np.load(where / "figures.npz") as arrays:
+        figure_arrays = dict(arrays)
+    return (FitScores.from_dict(json.loads((where / "scores.json").read_text())), pd.read_csv(where / "images.csv"),
+            pd.read_csv(where / "estimators.csv"), pd.read_csv(where / "rate_distortion.csv"), figure_arrays)
+
+
 @stage_main("visualize")
 def main() -> None:
     params = load_params()
-    device = pick_device(params.device)
-    g = seeded_generator(params.visualize.seed, device)
-    train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
-    vae, (direct, _) = load_vae(VAE_MODEL, device), load_decoder(DIRECT_MODEL, device)
+    fits = {name: read_fit(name) for name in names()}
+    reference = Reference.from_dict(json.loads(Path(REFERENCE).read_text())["reference"])
+    details = compare({f: r[0] for f, r in fits.items()}, {f: r[1] for f, r in fits.items()}, reference,
+                      params.evaluate)
+    curves = {"prior_mc": prior_curve({f: r[1] for f, r in fits.items()}),
+              "denoise": denoise_table(details.fits),
+              "estimators": pd.concat([r[2] for r in fits.values()], ignore_index=True),
+              "rate_distortion": pd.concat([r[3] for r in fits.values()], ignore_index=True)}
+    report = render_report(details, params)
     # Opened before any drawing: with tracking.required an unreachable store fails before the work.
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
-        figs = model_figures(vae, direct, train, test, params.visualize, g)
-        figs |= curve_figures({k: pd.read_csv(v) for k, v in HISTORIES.items()},
-                              {k: pd.read_csv(v) for k, v in CURVES.items()}, Details.from_dict(json.loads(Path(DETAILS).read_text())))
+        for key, path in CURVES.items():
+            write_table(path, curves[key])
+        histories = {f: pd.read_csv(f"plots/train_{f}.csv") for f in fits}
+        classes = class_names(params.data.dataset)
+        figs = model_figures({f: r[4] for f, r in fits.items()}, params.visualize, classes)
+        figs |= curve_figures(histories, curves, details)
         for name, fig in figs.items():
             save_figure(FIGURES / f"{name}.png", fig)
             plt.close(fig)
             run.log_artifact(FIGURES / f"{name}.png", "figures")
+        write_json(DETAILS, details.to_dict())
+        write_text(REPORT, report)
+        write_json(HEADLINE, details.headline())  # last: DVC's metric, written once everything else is
+        run.log_metrics(details.headline())
+        run.log_artifact(REPORT)
+        held_out = {f: {k: v for k, v in asdict(s.test).items() if v is not None} for f, s in details.fits.items()}
+        run.call(link_and_rank, {f: s.model_md5 for f, s in details.fits.items()}, held_out, params.data.dataset)
+    print(report)
     print(f"wrote {len(figs)} figures to {FIGURES}/")
 
 

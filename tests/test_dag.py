@@ -14,8 +14,8 @@ def test_dvc_yaml_lists_exactly_the_modules_each_stage_imports():
     assert check(ROOT) == {}, "run `python -m latentfit.dag` and update dvc.yaml"
 
 
-EVERY = {"download", "preprocess", "train_vae", "train_direct", "evaluate", "visualize"}
-MODELS = {"train_vae", "train_direct", "evaluate", "visualize"}
+EVERY = {"download", "preprocess", "train_vae", "train_direct", "reference", "evaluate", "visualize"}
+TRAINING = {"train_vae", "train_direct"}
 # Where code lives decides what re-runs: each module, and the stages whose code it is. A module that
 # reaches more stages than this re-runs stages it cannot affect; a new module must say where it belongs.
 INTENDED = {
@@ -24,22 +24,37 @@ INTENDED = {
     "data.py": {"download"},
     "idx.py": {"download", "preprocess"},
     "prepare.py": {"preprocess"},
-    "models.py": MODELS, "likelihood.py": MODELS, "modelfile.py": MODELS,
-    "checkpoint.py": {"train_vae", "train_direct"},
-    "mlmodels.py": {"train_vae", "train_direct", "evaluate"},  # log, register; evaluate links and ranks
-    "training.py": {"train_vae", "train_direct", "evaluate"},  # evaluate fits post-hoc encoders with fit_vae
-    "inference.py": {"evaluate", "visualize"},
-    "posthoc.py": {"evaluate"}, "estimators.py": {"evaluate"}, "ais.py": {"evaluate"},
-    "evaluation/__init__.py": {"evaluate", "visualize"}, "evaluation/schema.py": {"evaluate", "visualize"},
+    "models.py": TRAINING | {"reference", "evaluate", "visualize"},  # visualize: through mlmodels' registry
+    "likelihood.py": TRAINING | {"reference", "evaluate"}, "training.py": TRAINING | {"reference", "evaluate"},
+    "modelfile.py": TRAINING | {"evaluate"},
+    "checkpoint.py": TRAINING,
+    "mlmodels.py": TRAINING | {"visualize"},  # log and register; the final stage links and ranks
+    "posthoc.py": {"reference", "evaluate"},  # the feature classifier, the post-hoc encoders
+    "evaluation/reference.py": {"reference", "evaluate"},  # the data's own numbers; the Frechet distance
+    "inference.py": {"evaluate"}, "estimators.py": {"evaluate"}, "ais.py": {"evaluate"}, "gaps.py": {"evaluate"},
     "evaluation/likelihoods.py": {"evaluate"}, "evaluation/structure.py": {"evaluate"},
-    "evaluation/run.py": {"evaluate"}, "report.py": {"evaluate"},
-    "evaluation/anatomy.py": {"evaluate"}, "gaps.py": {"evaluate"}, "evaluation/why.py": {"evaluate", "visualize"},
-    "figure_data.py": {"visualize"}, "figures.py": {"visualize"},
+    "evaluation/run.py": {"evaluate"}, "evaluation/anatomy.py": {"evaluate"}, "figure_data.py": {"evaluate"},
+    "evaluation/__init__.py": {"reference", "evaluate", "visualize"}, "fits.py": {"reference", "evaluate", "visualize"},
+    "evaluation/schema.py": {"reference", "evaluate", "visualize"},
+    "evaluation/why.py": {"reference", "evaluate", "visualize"},
+    "evaluation/compare.py": {"visualize"}, "report.py": {"visualize"}, "panels.py": {"visualize"},
+    "figures.py": {"visualize"},
     # above the pipeline: no stage runs them
     "dag.py": set(), "cli.py": set(), "ui.py": set(),
     **{f"sweep/{name}.py": set() for name in ("__init__", "spec", "grid", "repo", "order", "worker", "mlflow_runs",
                                               "driver", "summary")},
 }
+
+
+def test_one_evaluate_stage_per_fit_of_the_fits_list():
+    """dvc.yaml's `evaluate` foreach is latentfit.fits.FITS, and the final stage reads every fit's results."""
+    from latentfit.fits import names
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["evaluate"]["foreach"] == names()
+    deps = stages["visualize"]["deps"]
+    assert all(f"metrics/{fit}" in deps and f"plots/train_{fit}.csv" in deps for fit in names())
+    assert all(f"train_{fit}" in stages for fit in names())
 
 
 def stages_reaching(module: Path) -> set[str]:

@@ -1,11 +1,12 @@
-"""The evaluate and visualize stages' library code, in-process, on tiny models and synthetic data."""
+"""The per-fit evaluation and the final stage's comparison and figures, in-process, on tiny models and
+synthetic data."""
 
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,11 +14,16 @@ from scipy import stats
 
 from latentfit.config import parse_params
 from latentfit.estimators import paired_difference
-from latentfit.evaluation.run import evaluate
-from latentfit.evaluation.schema import Details
-from latentfit.figure_data import curve_figures, model_figures
+from latentfit.evaluation.compare import compare, denoise_table, prior_curve
+from latentfit.evaluation.reference import reference
+from latentfit.evaluation.run import evaluate_fit
+from latentfit.evaluation.schema import Details, FitScores
+from latentfit.figure_data import fit_figure_data
+from latentfit.modelfile import FitModel
 from latentfit.models import VAE, Decoder
+from latentfit.panels import curve_figures, model_figures
 from latentfit.report import render_report
+from latentfit.runtime import stream
 from latentfit.training import fit_direct, fit_vae, make_optimizer
 from tests.synthetic import synthetic_split
 
@@ -27,7 +33,7 @@ TINY = {
                  "iwae_curve": [1, 10], "ais_images": 20, "ais_chains": 3, "ais_steps": 20, "ais_curve_steps": [5],
                  "ais_curve_images": 10, "ais_batch_size": 8, "bdmc_images": 6, "encoder_epochs": 1,
                  "search_candidates": 100, "denoise_images": 20, "silhouette_points": 30, "classifier_epochs": 1,
-                 "classifier_lr": 0.003, "classifier_batch_size": 32, "fid_samples": 50},
+                 "classifier_lr": 0.003, "classifier_batch_size": 32, "fid_samples": 50, "gap_steps": 30},
     "visualize": {"search_candidates": 100, "tsne_points": 40, "n_show": 4},
 }
 
@@ -37,125 +43,237 @@ def split(count: int, seed: int) -> dict[str, torch.Tensor]:
     return {"x": torch.from_numpy(images).reshape(count, -1).float() / 255, "y": torch.from_numpy(labels).long()}
 
 
-@pytest.fixture(scope="module")
-def fitted():
+def trained_fits() -> dict[str, FitModel]:
+    """Three fits: a VAE, a direct fit that kept its draws, and a second VAE (the third fit any list may grow)."""
     torch.manual_seed(0)
+    train = split(300, 1)["x"]
+    g = torch.Generator().manual_seed(0)
+    vae, direct, other = VAE(3, 32), Decoder(3, 32), VAE(3, 32)
+    draws = torch.randn(16, 3, generator=g)
+    list(fit_vae(vae, make_optimizer(vae, 3e-3), train, epochs=2, batch_size=32, generator=g))
+    list(fit_direct(direct, make_optimizer(direct, 3e-3), train, epochs=2, batch_size=32, mc_samples=16, generator=g,
+                    fixed_draws=draws))
+    list(fit_vae(other, make_optimizer(other, 3e-3), train, epochs=2, batch_size=32, generator=g, iwae_k=4))
+    return {"vae": FitModel("vae", vae.decoder, vae.eval(), None, 32),
+            "direct": FitModel("direct", direct.eval(), None, draws, 32),
+            "iwae4": FitModel("iwae4", other.decoder, other.eval(), None, 32)}
+
+
+@pytest.fixture(scope="module")
+def evaluated():
     params = parse_params(TINY)
     train, test = split(300, 1), split(120, 2)
-    g = torch.Generator().manual_seed(0)
-    vae, direct = VAE(3, 32), Decoder(3, 32)
-    list(fit_vae(vae, make_optimizer(vae, 3e-3), train["x"], epochs=2, batch_size=32, generator=g))
-    list(fit_direct(direct, make_optimizer(direct, 3e-3), train["x"], epochs=2, batch_size=32, mc_samples=16,
-                    generator=g))
-    logged = []
-    torch.manual_seed(2)  # module initialisations inside evaluate draw from torch's global generator
-    result = evaluate(vae.eval(), direct.eval(), train, test, params.evaluate, hidden=32,
-                      generator=torch.Generator().manual_seed(1),
-                      train_draws=torch.randn(16, 3, generator=torch.Generator().manual_seed(0)),
-                      log=lambda record, prefix: logged.append(prefix))
-    return params, vae, direct, train, test, result, logged
+    fits = trained_fits()
+    ref, classifier, ref_stats = reference(train, test, params.evaluate, stream(0, "reference"))
+    logged: list[str] = []
+    results = {name: evaluate_fit(fit, train, test, params.evaluate, classifier=classifier, reference=ref_stats,
+                                  log=lambda record, prefix: logged.append(prefix)) for name, fit in fits.items()}
+    arrays = {name: fit_figure_data(fits[name], results[name].likelihoods.encoder, train, test, params.visualize)
+              for name in fits}
+    return params, fits, train, test, ref, (classifier, ref_stats), results, arrays, logged
 
 
-def test_evaluate_reports_the_headline_from_its_own_metrics(fitted):
-    *_, result, logged = fitted
-    d = result.details
+def comparison(evaluated, names=("vae", "direct")) -> Details:
+    params, *_, ref, _, results, _, _ = evaluated
+    return compare({n: results[n].scores for n in names}, {n: results[n].images for n in names}, ref, params.evaluate)
+
+
+def test_a_fit_is_evaluated_on_its_own_and_the_headline_reads_its_numbers(evaluated):
+    *_, results, _, logged = evaluated
+    d = comparison(evaluated)
     head = d.headline()
-    assert set(head) == {"ais", "iwae", "nelbo", "prior"}
     for est, key in (("ais", "ais_nll"), ("iwae", "iwae_nll")):
-        assert head[est]["vae"] == getattr(d.vae.test, key) and head[est]["direct"] == getattr(d.direct.test, key)
+        assert head[est]["vae"] == getattr(d.fits["vae"].test, key)
+        assert head[est]["direct"] == getattr(d.fits["direct"].test, key)
         # the gap is paired over the same images, so its mean is the difference of the means
         assert head[est]["gap"] == pytest.approx(head[est]["direct"] - head[est]["vae"], rel=1e-5)
-    assert (d.gap.ais.images, d.gap.iwae.images, d.gap.prior_mc.images) == (20, 40, 120)
-    for check in (d.bdmc.vae, d.bdmc.direct):
-        assert check.gap == pytest.approx(check.upper_nll - check.lower_nll)
-    assert d.vae.test.iwae_nll <= d.vae.test.neg_elbo + 1.0
-    assert d.direct.test.train_draws_nll is not None and d.direct.test.neg_elbo is None
-    assert set(logged) == {"posthoc_vae.", "posthoc_direct."}
+    gaps = d.pairs["direct"].gap
+    assert (gaps.ais.images, gaps.iwae.images, gaps.prior_mc.images) == (20, 40, 120)
+    for s in d.fits.values():
+        assert s.bdmc.gap == pytest.approx(s.bdmc.upper_nll - s.bdmc.lower_nll)
+    vae, direct = d.fits["vae"].test, d.fits["direct"].test
+    assert vae.iwae_nll <= vae.neg_elbo + 1.0 and vae.neg_elbo == pytest.approx(vae.rec + vae.kl)
+    assert direct.train_draws_nll is not None and direct.neg_elbo is None and direct.iwae_nll_posthoc is None
+    assert vae.iwae_nll_posthoc is not None and set(logged) == {"posthoc."}
+    images = results["vae"].images
+    test = images[images.split == "test"]
+    assert len(test) == 120 and test["ais"].notna().sum() == 20 and test["iwae_50"].notna().sum() == 40
+    assert test["ais"].mean() == pytest.approx(vae.ais_nll)  # the per-image results are the numbers' own
 
 
-def test_the_details_file_reads_back_as_the_same_schema(fitted):
-    """What evaluate writes (JSON) and what the report, figures and sweep read is one schema."""
-    *_, result, _ = fitted
-    written = json.loads(json.dumps(result.details.to_dict()))
-    assert Details.from_dict(written) == result.details
-    assert "neg_elbo" not in written["direct"]["test"], "a number a fit does not have is left out, not null"
-    assert set(written["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
+def test_the_files_read_back_as_the_same_schema(evaluated, tmp_path):
+    """What evaluate@<fit> and the final stage write (JSON, CSV) reads back bit for bit."""
+    *_, results, _, _ = evaluated
+    d = comparison(evaluated)
+    assert Details.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    for result in results.values():
+        written = json.loads(json.dumps(result.scores.to_dict()))
+        assert FitScores.from_dict(written) == result.scores
+        path = tmp_path / "images.csv"
+        result.images.to_csv(path, index=False)
+        pd.testing.assert_frame_equal(pd.read_csv(path), result.images, check_exact=True)
+    assert "neg_elbo" not in d.to_dict()["fits"]["direct"]["test"], "a number a fit lacks is left out, not null"
+    assert set(d.fits["vae"].denoise) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
 
 
-def test_the_schema_reads_back_a_details_file_the_stage_wrote_before_it_existed():
-    """tests/data/evaluate_details.json: the evaluate stage's output of a full-size Fashion-MNIST run by the
-    release before the schema. The schema reads every number of it and writes the same file."""
-    written = json.loads((Path(__file__).parent / "data/evaluate_details.json").read_text())
-    details = Details.from_dict(written)
-    assert details.to_dict() == written
-    assert details.headline()["ais"]["gap"] == written["gap"]["ais"]["mean"]
-
-
-def test_evaluate_writes_each_estimator_against_its_cost(fitted):
-    params, *_, result, _ = fitted
-    table = pd.DataFrame(result.estimators)
+def test_each_estimator_against_its_cost(evaluated):
+    params, *_, results, _, _ = evaluated
     p = params.evaluate
-    for fit in ("vae", "direct"):
-        rows = table[table["fit"] == fit]
+    for name in ("vae", "direct"):
+        rows = pd.DataFrame(results[name].estimators)
+        assert set(rows["fit"]) == {name}
         assert sorted(rows[rows.estimator == "prior"]["cost"]) == [10, 100, 300]
         assert sorted(rows[rows.estimator == "iwae"]["cost"]) == [1, 10, 50]
         ais = rows[rows.estimator == "ais"].sort_values("steps")
         assert list(ais["steps"]) == [5, 20]
         assert list(ais["cost"]) == [(p.ais_chains + 2) * s * p.ais_leapfrog for s in (5, 20)]
-    assert [row["samples"] for row in result.prior_curve] == [10, 100, 300]
-    assert len(result.denoise) == len(p.flip_probs)
+    curve = prior_curve({n: results[n].images for n in ("vae", "direct")})
+    assert list(curve["samples"]) == [10, 100, 300] and set(curve.columns) == {"samples", "vae", "direct"}
 
 
-def test_report_leads_with_the_verdict(fitted):
-    params, *_, result, _ = fitted
-    report = render_report(result.details, params)
+def test_report_leads_with_the_verdict(evaluated):
+    params, *_ = evaluated
+    d = comparison(evaluated)
+    report = render_report(d, params)
     first = report.splitlines()[2]
-    gap = result.details.gap.ais
+    gap = d.pairs["direct"].gap.ais
     assert first.startswith("**The ") and f"{abs(gap.mean):.2f} nats" in first and "BDMC" in first
-    assert "| AIS (3 chains x 20 distributions) |" in report
+    assert "| AIS (3 chains x 20 distributions) " in report
     for est in ("ais", "iwae", "prior_mc"):  # the verdict table: every estimator on the AIS images
-        v = getattr(result.details.verdict, est)
-        assert v.images == 20 and v.mean == pytest.approx(v.direct - v.vae, abs=1e-3)
-    assert result.details.verdict.ais.mean == pytest.approx(result.details.gap.ais.mean)
+        v = getattr(d.pairs["direct"].verdict, est)
+        assert v.images == 20 and v.mean == pytest.approx(v.fit - v.baseline, abs=1e-3)
+    assert d.pairs["direct"].verdict.ais.mean == pytest.approx(gap.mean)
 
 
-def test_the_anatomy_obeys_its_math(fitted):
+def test_the_anatomy_obeys_its_math(evaluated):
     """Each q's -ELBO above the next (the optimised start from the encoder's), rate + distortion = AIS NLL,
     the gaps add up to encoder -ELBO minus AIS NLL, every class of the AIS images has its gap."""
-    params, *_, test, result, _ = fitted
-    a, d = result.details.anatomy, result.details
-    assert a is not None and a.mixture is not None
-    for fit, ais in ((a.vae, d.vae.test.ais_nll), (a.direct, d.direct.test.ais_nll)):
-        for gaps in (fit.test, fit.train):
+    params, _, _, test, *_ = evaluated
+    d = comparison(evaluated)
+    for s in d.fits.values():
+        a = s.anatomy
+        assert a is not None
+        for gaps in (a.test, a.train):
             assert gaps is not None and gaps.optimised_full is not None and gaps.covariance is not None
             assert gaps.amortised >= gaps.optimised - 0.05 and gaps.optimised >= gaps.optimised_full - 0.05
             total = gaps.amortisation.mean + gaps.covariance.mean + gaps.approximation.mean
             assert total == pytest.approx(gaps.amortised - gaps.ais, abs=1e-3)
-        assert fit.test.images == 20 and fit.train is not None and fit.train.images == 100
-        assert fit.test.ais == pytest.approx(ais)
-        assert fit.posterior.rate + fit.posterior.distortion == pytest.approx(ais, abs=1e-3)
-        assert fit.posterior.rate > 0 and 0 <= fit.encoder.active_units <= 3 and len(fit.encoder.kl_per_dim) == 3
-        for r, draws in ((fit.prior_sampling, 300), (fit.iwae, 50)):
+        assert a.test.images == 20 and a.train is not None and a.train.images == 100
+        assert a.test.ais == pytest.approx(s.test.ais_nll)
+        assert a.posterior.rate + a.posterior.distortion == pytest.approx(s.test.ais_nll, abs=1e-3)
+        assert a.posterior.rate > 0 and 0 <= a.encoder.active_units <= 3 and len(a.encoder.kl_per_dim) == 3
+        for r, draws in ((a.prior_sampling, 300), (a.iwae, 50)):
             assert r.draws == draws and 1 - 1e-6 <= r.ess_min <= r.ess_median <= draws and 0 <= r.flagged <= r.k_images
-        assert fit.prior_sampling.k_images == 20 and fit.iwae.k_images == 40
-    assert a.mixture.components == 16 and 1 <= a.mixture.used <= 16 and 1 <= a.mixture.perplexity <= 16
-    assert set(a.by_class) <= {str(c) for c in test["y"][:20].tolist()} and a.by_class
-    rd = pd.DataFrame(result.rate_distortion)
-    assert set(rd["fit"]) == {"vae", "direct"} and rd.groupby("fit")["beta"].max().tolist() == [1.0, 1.0]
+        assert a.prior_sampling.k_images == 20 and a.iwae.k_images == 40
+    mixture = d.fits["direct"].mixture
+    assert d.fits["vae"].mixture is None and mixture is not None
+    assert mixture.components == 16 and 1 <= mixture.used <= 16 and 1 <= mixture.perplexity <= 16
+    by_class = d.pairs["direct"].by_class
+    assert by_class and set(by_class) <= {str(c) for c in test["y"][:20].tolist()}
     report = render_report(d, params)
-    assert "## Why the decoders differ" in report and "| VAE | train (100) |" in report
+    assert "## Why the decoders differ" in report and "| VAE        | train (100) |" in report
 
 
-def test_switching_the_anatomy_off_changes_no_other_number(fitted):
-    params, vae, direct, train, test, result, _ = fitted
+def _numbers(result) -> dict:
+    drop = {"anatomy", "mixture", "seconds"}
+    return {k: v for k, v in result.scores.to_dict().items() if k not in drop}
+
+
+def test_switching_the_anatomy_off_changes_no_other_number(evaluated):
+    params, fits, train, test, _, (classifier, ref_stats), results, _, _ = evaluated
     off = dataclasses.replace(params.evaluate, anatomy=False)
-    torch.manual_seed(2)
-    again = evaluate(vae, direct, train, test, off, hidden=32, generator=torch.Generator().manual_seed(1),
-                     train_draws=torch.randn(16, 3, generator=torch.Generator().manual_seed(0)))
-    assert again.details.anatomy is None and again.rate_distortion == []
-    drop = {"anatomy", "seconds"}
-    assert ({k: v for k, v in again.details.to_dict().items() if k not in drop}
-            == {k: v for k, v in result.details.to_dict().items() if k not in drop})
+    torch.manual_seed(123)  # whatever ran before: each block seeds its own stream
+    again = evaluate_fit(fits["direct"], train, test, off, classifier=classifier, reference=ref_stats)
+    assert again.scores.anatomy is None and again.rate_distortion == []
+    assert _numbers(again) == _numbers(results["direct"])
+    columns = [c for c in again.images.columns if c in results["direct"].images.columns]
+    pd.testing.assert_frame_equal(again.images, results["direct"].images[results["direct"].images.split == "test"]
+                                  [columns].reset_index(drop=True), check_exact=True)
+
+
+def test_a_fit_s_numbers_do_not_move_when_another_fit_is_added_or_removed(evaluated):
+    """Bit-identical: the VAE evaluated alone, after another fit, and in a comparison of two or three fits."""
+    params, fits, train, test, ref, (classifier, ref_stats), results, _, _ = evaluated
+    alone = evaluate_fit(fits["vae"], train, test, params.evaluate, classifier=classifier, reference=ref_stats)
+    assert _numbers(alone) == _numbers(results["vae"])
+    pd.testing.assert_frame_equal(alone.images, results["vae"].images, check_exact=True)
+    two, three = comparison(evaluated), comparison(evaluated, ("vae", "direct", "iwae4"))
+    assert two.fits["vae"] == three.fits["vae"] and two.pairs["direct"] == three.pairs["direct"]
+    head2, head3 = two.headline(), three.headline()
+    for key, values in head2.items():
+        assert {k: head3[key][k] for k in values} == values
+    assert head3["ais"]["gap_iwae4"] == three.pairs["iwae4"].gap.ais.mean
+
+
+def test_three_fits_in_every_table_and_figure(evaluated):
+    params, *_, results, arrays, _ = evaluated
+    names = ("vae", "direct", "iwae4")
+    d = comparison(evaluated, names)
+    assert set(d.fits) == set(names) and set(d.pairs) == {"direct", "iwae4"}
+    report = render_report(d, params)
+    tables = [block for block in report.split("\n\n") if block.startswith("|")]
+    assert len(tables) >= 6
+    for block in tables:
+        header = block.splitlines()[0]
+        if "decoder" in header or "estimate " in header:  # one row per fit (and part)
+            body = "\n".join(block.splitlines()[2:])
+            assert all(label in body for label in ("VAE", "direct fit", "iwae4")), block
+        else:  # one column per fit
+            assert all(label in header for label in ("VAE", "direct fit", "iwae4")), block
+    assert "iwae4 - VAE" in report
+    figs = model_figures({n: arrays[n] for n in names}, params.visualize, [])
+    histories = {n: pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]})
+                 for n in names}
+    curves = {"prior_mc": prior_curve({n: results[n].images for n in names}), "denoise": denoise_table(d.fits),
+              "estimators": pd.DataFrame([r for n in names for r in results[n].estimators]),
+              "rate_distortion": pd.DataFrame([r for n in names for r in results[n].rate_distortion])}
+    figs |= curve_figures(histories, curves, d)
+    rows = {"reconstruction": 1 + 2 * 3, "prior_samples": 3, "samples_same_z": 3, "interpolation": 3,
+            "interpolation_latent_vs_pixel": 4, "denoising": 2 + 3}
+    for name, count in rows.items():
+        assert len(figs[name].axes) == count, name
+    assert [ax.get_title() for ax in figs["tsne"].axes if ax.get_label() != "<colorbar>"] == ["VAE", "direct fit", "iwae4"]
+    assert len(figs["training_curves"].axes) == 3 and len(figs["estimator_convergence"].axes) == 3
+    for name in ("prior_mc_curve", "rate_distortion"):
+        assert len({line.get_color() for line in figs[name].axes[0].lines}) == 3, name
+    assert all(len(ax.lines) == 3 for ax in figs["denoise_sweep"].axes)
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def test_visualize_draws_every_figure(evaluated):
+    params, *_, results, arrays, _ = evaluated
+    d = comparison(evaluated)
+    figs = model_figures({n: arrays[n] for n in ("vae", "direct")}, params.visualize, [str(c) for c in range(10)])
+    histories = {"vae": pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]}),
+                 "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
+    curves = {"prior_mc": prior_curve({n: results[n].images for n in d.fits}), "denoise": denoise_table(d.fits),
+              "estimators": pd.DataFrame([r for n in d.fits for r in results[n].estimators]),
+              "rate_distortion": pd.DataFrame([r for n in d.fits for r in results[n].rate_distortion])}
+    figs |= curve_figures(histories, curves, d)
+    assert set(figs) == {"raw_image", "reconstruction", "prior_samples", "interpolation",
+                         "interpolation_latent_vs_pixel", "denoising", "tsne", "samples_same_z", "training_curves",
+                         "prior_mc_curve", "denoise_sweep", "estimator_convergence", "gap_walk", "rate_distortion"}
+    convergence = figs["estimator_convergence"]
+    assert len(convergence.axes) == 2 and all(len(ax.lines) == 3 for ax in convergence.axes)
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def test_the_shared_images_are_the_same_in_every_fit_s_figure_data(evaluated):
+    *_, arrays, _ = evaluated
+    for key in ("shown", "noisy", "interpolation_pixel", "latent_labels"):
+        np.testing.assert_array_equal(arrays["vae"][key], arrays["direct"][key])
+    assert not np.array_equal(arrays["vae"]["prior_samples"], arrays["direct"]["prior_samples"])
+
+
+def test_streams_are_stable_and_distinct():
+    a = torch.randn(3, generator=stream(0, "vae", "ais"))
+    assert torch.equal(a, torch.randn(3, generator=stream(0, "vae", "ais")))
+    # the same value in any process: the hash is blake2b of the names, not Python's salted hash()
+    assert a[0].item() == pytest.approx(torch.randn(1, generator=stream(0, "vae", "ais")).item())
+    assert not torch.equal(a, torch.randn(3, generator=stream(0, "direct", "ais")))
+    assert not torch.equal(a, torch.randn(3, generator=stream(1, "vae", "ais")))
 
 
 def test_paired_difference_is_a_t_interval_of_the_differences():
@@ -170,19 +288,12 @@ def test_paired_difference_is_a_t_interval_of_the_differences():
     assert out.se < (a.std() / math.sqrt(30)).item() / 5
 
 
-def test_visualize_draws_every_figure(fitted):
-    params, vae, direct, train, test, result, _ = fitted
-    figs = model_figures(vae, direct, train, test, params.visualize, torch.Generator().manual_seed(0))
-    histories = {"vae": pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]}),
-                 "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
-    curves = {"prior_mc": pd.DataFrame(result.prior_curve), "denoise": pd.DataFrame(result.denoise),
-              "estimators": pd.DataFrame(result.estimators), "rate_distortion": pd.DataFrame(result.rate_distortion)}
-    figs |= curve_figures(histories, curves, result.details)
-    assert set(figs) == {"raw_image", "reconstruction", "prior_samples", "interpolation",
-                         "interpolation_latent_vs_pixel", "vae_denoising", "tsne_vae", "samples_vae_vs_direct",
-                         "search_reconstruction", "training_curves", "prior_mc_curve", "denoise_sweep",
-                         "estimator_convergence", "gap_walk", "rate_distortion"}
-    convergence = figs["estimator_convergence"]
-    assert len(convergence.axes) == 2 and all(len(ax.lines) == 3 for ax in convergence.axes)
-    for fig in figs.values():
-        plt.close(fig)
+def test_the_schema_reads_back_the_comparison_file_this_release_writes():
+    """tests/data/comparison_details.json: the final stage's comparison of two tiny fits, written by this
+    release. The schema reads every number of it and writes the same file (a schema change must keep it)."""
+    from pathlib import Path
+
+    written = json.loads((Path(__file__).parent / "data/comparison_details.json").read_text())
+    details = Details.from_dict(written)
+    assert details.to_dict() == written
+    assert details.headline()["ais"]["gap"] == written["pairs"]["direct"]["gap"]["ais"]["mean"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from latentfit.estimators import prior_mc_nll
-from latentfit.evaluation.structure import entropy_floor
+from latentfit.evaluation.reference import entropy_floor
 from latentfit.inference import prior_search
 from latentfit.likelihood import (
     bernoulli_log_prob,

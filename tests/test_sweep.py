@@ -83,8 +83,9 @@ def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
 def test_stage_params_follow_the_dag():
     closure = stage_params(ROOT)
     assert closure["train_vae"] == {"data", "preprocess", "model", "train_vae", "device"}
-    assert {"train_vae", "train_direct", "evaluate"} <= closure["evaluate"]
-    assert "visualize" not in closure["evaluate"]
+    assert {"train_vae", "evaluate"} <= closure["evaluate@vae"] and "train_direct" not in closure["evaluate@vae"]
+    assert {"train_direct", "evaluate"} <= closure["evaluate@direct"] and "train_vae" not in closure["evaluate@direct"]
+    assert {"train_vae", "train_direct", "evaluate", "visualize"} <= closure["visualize"]
 
 
 def test_seed_statistics_are_the_t_interval_of_the_mean():
@@ -143,8 +144,8 @@ def test_a_run_restored_whole_from_the_cache_gets_its_pipeline_run_once(tmp_path
     runs = plan("r", ["model.z_dim=2,5"], [0], PARAMS)
     (repo / "metrics").mkdir()
     (repo / "metrics/train_vae.json").write_text(json.dumps({"train": {"vae": 101.5}}))
-    details = json.loads((ROOT / "tests/data/evaluate_details.json").read_text())
-    (repo / "metrics/evaluate_details.json").write_text(json.dumps(details))
+    details = json.loads((ROOT / "tests/data/comparison_details.json").read_text())
+    (repo / "metrics/comparison_details.json").write_text(json.dumps(details))
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "the experiment"], cwd=repo, check=True)
     exp_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
@@ -165,7 +166,7 @@ def test_a_run_restored_whole_from_the_cache_gets_its_pipeline_run_once(tmp_path
     assert restored.data.params["model.z_dim"] == "20", "the params its commit holds"
     assert restored.data.metrics["train_vae.train.vae"] == 101.5
     written = Details.from_dict(details)
-    assert restored.data.metrics["evaluate.vae.test.ais_nll"] == written.vae.test.ais_nll
+    assert restored.data.metrics["visualize.fits.vae.test.ais_nll"] == written.fits["vae"].test.ais_nll
 
 
 def test_without_ray_the_sweep_says_how_to_install_it(monkeypatch, capsys):

@@ -53,6 +53,7 @@ class TrainVAEParams:
     epochs: int = field(default=40, metadata=_check(ge=1))
     batch_size: int = field(default=128, metadata=_check(ge=1))
     lr: float = field(default=1e-3, metadata=_check(gt=0))
+    iwae_k: int = field(default=1, metadata=_check(ge=1))  # importance samples of the bound: 1 is the ELBO
     seed: int = 0
 
 

@@ -82,6 +82,7 @@ def check(root: str | Path = ".") -> dict[str, tuple[list[str], list[str]]]:
     package_dir = root / "src" / PACKAGE
     problems = {}
     for name, stage in stages.items():
+        stage = stage.get("do", stage)  # a `foreach` stage (evaluate@<fit>): every item runs the same script
         script = root / "stages" / f"{name}.py"
         expected = sorted([f"stages/{name}.py"] + [str(p.relative_to(root)) for p in module_closure(script, package_dir)])
         listed = sorted(d for d in stage.get("deps", []) if str(d).endswith(".py"))

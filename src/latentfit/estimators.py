@@ -16,16 +16,21 @@ from .models import VAE, Decoder
 
 
 @torch.no_grad()
-def vae_elbo(vae: VAE, x: torch.Tensor, generator: torch.Generator, batch_size: int = 1000) -> dict[str, float]:
-    """Test-set rec, kl and neg_elbo (nats per image) at one reparameterised draw per image."""
+def vae_elbo_terms(vae: VAE, x: torch.Tensor, generator: torch.Generator,
+                   batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per test image, the reconstruction and KL terms of -ELBO at one reparameterised draw."""
     vae.eval()
-    rec_sum = kl_sum = 0.0
+    parts = []
     for y in x.split(batch_size):
         noise = torch.randn(len(y), vae.decoder.z_dim, generator=generator, device=y.device)
-        rec, kl = elbo_terms(y, *vae(y, noise))
-        rec_sum, kl_sum = rec_sum + rec.sum().item(), kl_sum + kl.sum().item()
-    rec, kl = rec_sum / len(x), kl_sum / len(x)
-    return {"neg_elbo": rec + kl, "rec": rec, "kl": kl}
+        parts.append(elbo_terms(y, *vae(y, noise)))
+    return torch.cat([rec for rec, _ in parts]), torch.cat([kl for _, kl in parts])
+
+
+def vae_elbo(vae: VAE, x: torch.Tensor, generator: torch.Generator, batch_size: int = 1000) -> dict[str, float]:
+    """Test-set rec, kl and neg_elbo (nats per image) at one reparameterised draw per image."""
+    rec, kl = vae_elbo_terms(vae, x, generator, batch_size)
+    return {"neg_elbo": (rec + kl).mean().item(), "rec": rec.mean().item(), "kl": kl.mean().item()}
 
 
 @dataclass

@@ -1,29 +1,30 @@
-"""What each figure of the visualize stage shows, computed from the models and the data: every figure
-of the reference notebook, the training curves and the evaluation's curves. Arrays go to figures.py,
-which draws them; nothing here is written to disk."""
+"""The arrays one fit's figures show, computed in its evaluate stage (`evaluate@<fit>`) where the model
+is loaded, so the final stage only draws: its reconstructions, prior samples, latent interpolation and
+denoising of the same test images as every other fit, and its latent means mapped by t-SNE (or, with a
+2-d latent, the latent space itself). The images the fits share (which test images are shown, their noisy
+versions) come from streams without the fit's name, so every fit's file holds the same ones."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
-from . import figures
 from .errors import DataError
-from .evaluation.schema import Details
-from .evaluation.why import walk
 from .inference import encode, flip_pixels, prior_search, vae_reconstruct
-from .models import VAE, Decoder
+from .modelfile import FitModel
+from .models import VAE
+from .runtime import stream
+
+PRIOR_SAMPLES = 36  # the notebook's 6 x 6 grid of prior samples
 
 
-def pick_digit(labels: torch.Tensor, digit: int, generator: torch.Generator) -> int:
+def pick_class(labels: torch.Tensor, digit: int, generator: torch.Generator) -> int:
     (where,) = (labels == digit).nonzero(as_tuple=True)
     if len(where) == 0:
-        raise DataError(f"the test split has no image of digit {digit}; choose another visualize.interp_from/to")
+        raise DataError(f"the test split has no image of class {digit}; choose another visualize.interp_from/to")
     return int(where[torch.randint(len(where), (1,), generator=generator, device=where.device)])
 
 
@@ -34,91 +35,59 @@ def tsne_embedding(points: np.ndarray, perplexity: float, seed: int) -> np.ndarr
                 random_state=seed).fit_transform(points)
 
 
-def _decode(decoder: Decoder, z: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(decoder(z))
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    return torch.sigmoid(logits).cpu().numpy()
 
 
 @torch.no_grad()
-def model_figures(vae: VAE, direct: Decoder, train: dict, test: dict, p: Any, g: torch.Generator) -> dict[str, Figure]:
-    """The notebook's figures, by name. `p` holds the visualize params (config.VisualizeParams)."""
-    x, labels = test["x"], test["y"]
-    n, z_dim, figs = p.n_show, vae.decoder.z_dim, {}
-    device = x.device
+def _reconstruct(fit: FitModel, y: torch.Tensor, candidates: int, g: torch.Generator) -> torch.Tensor:
+    """Logits of the fit's reconstruction: one draw from its own encoder's q (as the notebook shows it), or
+    the best of `candidates` prior draws for a fit without an encoder."""
+    if fit.encoder is not None:
+        return vae_reconstruct(fit.encoder, y, g)
+    draws = torch.randn(candidates, fit.decoder.z_dim, generator=g, device=y.device)
+    return fit.decoder(prior_search(fit.decoder, y, draws))
 
-    figs["raw_image"] = figures.raw_image(train["x"][0], int(train["y"][0]))
 
-    idx = torch.randperm(len(x), generator=g, device=device)[:n]
-    probs = torch.sigmoid(vae_reconstruct(vae, x[idx], g))
-    figs["reconstruction"] = figures.image_rows(
-        [("input", x[idx]), ("reconstruction", probs), ("Bernoulli sample", torch.bernoulli(probs, generator=g))],
-        ncols=n, title="Test images (labels " + " ".join(str(int(v)) for v in labels[idx]) + ")")
+@torch.no_grad()
+def fit_figure_data(fit: FitModel, encoder: VAE, train: dict, test: dict, p: Any) -> dict[str, np.ndarray]:
+    """Every array of the fit's figures, by name. `encoder` is the fit's own or its post-hoc one; `p` holds
+    the visualize params (config.VisualizeParams)."""
+    x, labels, device = test["x"], test["y"], test["x"].device
 
-    samples = _decode(vae.decoder, torch.randn(36, z_dim, generator=g, device=device))
-    figs["prior_samples"] = figures.image_rows([("", samples)], ncols=6, title="New samples from the VAE prior")
+    def shared(block: str) -> torch.Generator:
+        return stream(p.seed, "figures", block, device=device)
 
-    ends = x[[pick_digit(labels, p.interp_from, g), pick_digit(labels, p.interp_to, g)]]
-    mu, _ = encode(vae, ends)
+    def own(block: str) -> torch.Generator:
+        return stream(p.seed, "figures", fit.name, block, device=device)
+
+    out: dict[str, np.ndarray] = {"raw_image": train["x"][0].cpu().numpy(), "raw_label": train["y"][:1].cpu().numpy()}
+    shown = torch.randperm(len(x), generator=shared("shown"), device=device)[: p.n_show]
+    probs = torch.sigmoid(_reconstruct(fit, x[shown], p.search_candidates, own("reconstruction")))
+    out |= {"shown": x[shown].cpu().numpy(), "shown_labels": labels[shown].cpu().numpy(),
+            "reconstruction": probs.cpu().numpy(),
+            "reconstruction_sample": torch.bernoulli(probs, generator=own("reconstruction_sample")).cpu().numpy()}
+    z = torch.randn(PRIOR_SAMPLES, fit.decoder.z_dim, generator=shared("prior_samples"), device=device)
+    out["prior_samples"] = _probs(fit.decoder(z))  # the same z for every fit
+
+    g = shared("interpolation")
+    ends = x[[pick_class(labels, p.interp_from, g), pick_class(labels, p.interp_to, g)]]
+    mu, _ = encode(encoder, ends)
     t = torch.linspace(0, 1, p.interp_steps, device=device)[:, None]
-    latent, pixel = _decode(vae.decoder, (1 - t) * mu[0] + t * mu[1]), (1 - t) * ends[0] + t * ends[1]
-    span = f"{p.interp_from} -> {p.interp_to}"
-    figs["interpolation"] = figures.image_rows([("latent", latent)], ncols=p.interp_steps,
-                                               title=f"Linear interpolation in latent space, {span}")
-    figs["interpolation_latent_vs_pixel"] = figures.image_rows(
-        [("latent", latent), ("pixel", pixel)], ncols=p.interp_steps,
-        title=f"Latent-space vs naive pixel-space interpolation, {span}")
+    out["interpolation"] = _probs(fit.decoder((1 - t) * mu[0] + t * mu[1]))
+    out["interpolation_pixel"] = ((1 - t) * ends[0] + t * ends[1]).cpu().numpy()
 
-    clean = x[torch.randperm(len(x), generator=g, device=device)[:n]]
-    noisy = flip_pixels((clean > 0.5).float(), p.flip_prob, g)  # binarised first, as the notebook does
-    figs["vae_denoising"] = figures.image_rows(
-        [("original", clean), ("noisy", noisy), ("VAE denoised", torch.sigmoid(vae_reconstruct(vae, noisy, g)))],
-        ncols=n, title=f"Denoising with the VAE, flip probability {p.flip_prob}")
-
-    figs.update(latent_figures(vae, direct, x, labels, p))
-
-    z = torch.randn(n, z_dim, generator=g, device=device)
-    figs["samples_vae_vs_direct"] = figures.image_rows(
-        [("VAE", _decode(vae.decoder, z)), ("direct fit", _decode(direct, z))], ncols=n,
-        title="Samples from the same prior draws z through both fitted decoders")
-
-    noisy = flip_pixels(x[:n], p.flip_prob, g)
-    best_z = prior_search(direct, noisy, torch.randn(p.search_candidates, z_dim, generator=g, device=device))
-    figs["search_reconstruction"] = figures.image_rows(
-        [("original", x[:n]), (f"noisy, f={p.flip_prob}", noisy),
-         ("VAE", torch.sigmoid(vae_reconstruct(vae, noisy, g))),
-         (f"direct search\n({p.search_candidates} draws)", _decode(direct, best_z))],
-        ncols=n, title="Reconstruction of noisy inputs: VAE encoder vs direct-fit prior search")
-    return figs
-
-
-def latent_figures(vae: VAE, direct: Decoder, x: torch.Tensor, labels: torch.Tensor, p: Any) -> dict[str, Figure]:
-    """t-SNE of the VAE's latent means; with a 2-d latent, the latent space itself and both decoders over it."""
+    noisy = flip_pixels(x[shown], p.flip_prob, shared("noise"))
+    out["noisy"], out["denoised"] = noisy.cpu().numpy(), _probs(_reconstruct(fit, noisy, p.search_candidates,
+                                                                              shared("search")))
     k = min(p.tsne_points, len(x))
-    mu, shown = encode(vae, x[:k])[0].cpu().numpy(), labels[:k].cpu().numpy()
-    if vae.decoder.z_dim != 2:
-        embedding = tsne_embedding(mu, p.tsne_perplexity, p.seed)
-        return {"tsne_vae": figures.latent_scatter(embedding, shown, r"t-SNE of VAE latent means $\mu_\phi(y)$",
-                                                   "t-SNE")}
-    ticks = torch.linspace(-p.manifold_span, p.manifold_span, p.manifold_steps, device=x.device)
+    means = encode(encoder, x[:k])[0].cpu().numpy()
+    out["latent_labels"] = labels[:k].cpu().numpy()
+    if fit.decoder.z_dim != 2:
+        out["tsne"] = tsne_embedding(means, p.tsne_perplexity, p.seed)
+        return out
+    ticks = torch.linspace(-p.manifold_span, p.manifold_span, p.manifold_steps, device=device)
     z2, z1 = torch.meshgrid(ticks.flip(0), ticks, indexing="ij")  # top row: largest z_2
-    grid = torch.stack([z1.flatten(), z2.flatten()], dim=1)
-    return {"latent_means": figures.latent_scatter(mu, shown, r"VAE latent means $\mu_\phi(y)$ of test images", "z"),
-            "latent_manifold": figures.latent_manifold(
-                [("VAE decoder", _decode(vae.decoder, grid)), ("direct-fit decoder", _decode(direct, grid))],
-                p.manifold_steps, p.manifold_span)}
-
-
-def curve_figures(histories: dict[str, pd.DataFrame], curves: dict[str, pd.DataFrame],
-                  evaluated: Details) -> dict[str, Figure]:
-    """The training histories and the evaluate stage's curves (and its anatomy's, when it has one)."""
-    anatomy = {}
-    if evaluated.anatomy is not None:
-        own = {f: (getattr(evaluated.anatomy, f).encoder.rate, getattr(evaluated.anatomy, f).encoder.distortion)
-               for f in ("vae", "direct")}
-        anatomy = {"gap_walk": figures.gap_walk(walk(evaluated), evaluated.verdict.ais.images),
-                   "rate_distortion": figures.rate_distortion(curves["rate_distortion"], own)}
-    return anatomy | {"training_curves": figures.training_curves(histories["vae"], histories["direct"]),
-            "prior_mc_curve": figures.prior_mc_curve(
-                curves["prior_mc"], {"vae": evaluated.vae.test.iwae_nll, "direct": evaluated.direct.test.iwae_nll},
-                f"IWAE (first {evaluated.gap.iwae.images} images)"),
-            "denoise_sweep": figures.denoise_sweep(curves["denoise"]),
-            "estimator_convergence": figures.estimator_convergence(curves["estimators"])}
+    out["latent_means"] = means
+    out["manifold"] = _probs(fit.decoder(torch.stack([z1.flatten(), z2.flatten()], dim=1)))
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: stages write PNGs, they never open windows
@@ -11,16 +13,20 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
+
+from .fits import label as fit_label
 
 SIDE = 28
 
 
-def _as_images(x: torch.Tensor) -> torch.Tensor:
+def _as_images(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    x = torch.as_tensor(x)
     return x.detach().float().cpu().reshape(-1, 1, SIDE, SIDE)
 
 
-def image_rows(rows: list[tuple[str, torch.Tensor]], ncols: int, title: str | None = None,
+def image_rows(rows: Sequence[tuple[str, torch.Tensor | np.ndarray]], ncols: int, title: str | None = None,
                cell: float = 1.1) -> Figure:
     """The one image-grid helper: each (label, images) pair is a labelled row (or block) of images."""
     heights = [max(1, -(-len(images) // ncols)) for _, images in rows]
@@ -40,26 +46,31 @@ def image_rows(rows: list[tuple[str, torch.Tensor]], ncols: int, title: str | No
     return fig
 
 
-def raw_image(image: torch.Tensor, label: int) -> Figure:
+def raw_image(image: torch.Tensor | np.ndarray, label: str) -> Figure:
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(_as_images(image)[0, 0].numpy(), cmap="gray")
-    ax.set_title(f"Raw image, label = {label}")
+    ax.set_title(f"Raw image, label: {label}")
     ax.axis("off")
     return fig
 
 
-def latent_scatter(points: np.ndarray, labels: np.ndarray, title: str, axis_label: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 5))
-    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, s=6, cmap="tab10", alpha=0.75, vmin=-0.5, vmax=9.5)
-    fig.colorbar(sc, ax=ax, label="label", ticks=range(10))
-    ax.set_xlabel(f"{axis_label} 1")
-    ax.set_ylabel(f"{axis_label} 2")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+def latent_scatter(panels: list[tuple[str, np.ndarray, np.ndarray]], title: str, axis_label: str,
+                   class_names: list[str]) -> Figure:
+    """One scatter of 2-d points per (title, points, labels) panel, coloured by class."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 5), squeeze=False)
+    for ax, (name, points, labels) in zip(axes[0], panels, strict=True):
+        sc = ax.scatter(points[:, 0], points[:, 1], c=labels, s=6, cmap="tab10", alpha=0.75, vmin=-0.5, vmax=9.5)
+        ax.set_xlabel(f"{axis_label} 1")
+        ax.set_ylabel(f"{axis_label} 2")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    bar = fig.colorbar(sc, ax=list(axes[0]), ticks=range(10))
+    bar.ax.set_yticklabels(class_names if len(class_names) == 10 else [str(c) for c in range(10)])
+    fig.suptitle(title)
     return fig
 
 
-def latent_manifold(panels: list[tuple[str, torch.Tensor]], steps: int, span: float) -> Figure:
+def latent_manifold(panels: Sequence[tuple[str, torch.Tensor | np.ndarray]], steps: int, span: float) -> Figure:
     """Decoders over a 2-D latent grid, one panel each. Each tensor holds steps x steps images in
     row-major order from the top left: z_2 falls from +span down the rows, z_1 rises along them."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.3), squeeze=False)
@@ -75,15 +86,16 @@ def latent_manifold(panels: list[tuple[str, torch.Tensor]], steps: int, span: fl
     return fig
 
 
-def training_curves(vae: pd.DataFrame, direct: pd.DataFrame) -> Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for column, style in (("neg_elbo", "-"), ("rec", "--"), ("kl", ":")):
-        left.plot(vae["epoch"], vae[column], style, label=column)
-    left.set_title("VAE: training -ELBO = rec + KL (nats/image)")
-    right.plot(direct["epoch"], direct["nll"], color="C3", label="MC marginal NLL")
-    right.set_title("Direct fit: training MC NLL (nats/image)")
-    for ax in (left, right):
+def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
+    """Each fit's training objective per epoch, a panel per fit (a VAE's -ELBO with its two terms)."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 4), squeeze=False)
+    styles = {"neg_elbo": "-", "rec": "--", "kl": ":", "neg_iwae": "-.", "nll": "-"}
+    for ax, (name, history) in zip(axes[0], histories.items(), strict=True):
+        for column in [c for c in styles if c in history]:
+            ax.plot(history["epoch"], history[column], styles[column], label=column)
+        ax.set_title(f"{fit_label(name)}: training objective (nats/image)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -93,9 +105,9 @@ def training_curves(vae: pd.DataFrame, direct: pd.DataFrame) -> Figure:
 def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float], iwae_label: str = "IWAE") -> Figure:
     """The prior-sampling NLL estimate against the number of draws M, beside each fit's IWAE NLL."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, name in enumerate(("vae", "direct")):
-        ax.plot(curve["samples"], curve[name], "o-", color=f"C{i}", label=f"{name}: prior sampling")
-        ax.axhline(iwae[name], color=f"C{i}", ls="--", label=f"{name}: {iwae_label}")
+    for i, name in enumerate(iwae):
+        ax.plot(curve["samples"], curve[name], "o-", color=f"C{i}", label=f"{fit_label(name)}: prior sampling")
+        ax.axhline(iwae[name], color=f"C{i}", ls="--", label=f"{fit_label(name)}: {iwae_label}")
     ax.set_xscale("log")
     ax.set_xlabel("prior draws M")
     ax.set_ylabel("test NLL (nats/image)")
@@ -105,17 +117,19 @@ def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float], iwae_label: str 
     return fig
 
 
-def denoise_sweep(table: pd.DataFrame) -> Figure:
-    """Reconstruction error against the pixel-flip probability, VAE encoder vs direct prior search."""
+def denoise_sweep(table: pd.DataFrame, fits: list[str], methods: dict[str, str]) -> Figure:
+    """Reconstruction error against the pixel-flip probability, a line per fit (`methods`: how each fit
+    reconstructs)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, error, unit in zip(axes, ("bce", "mse"), ("nats/image", "per pixel"), strict=False):
-        for i, name in enumerate(("vae", "direct")):
-            ax.plot(table["flip_prob"], table[f"{name}_{error}"], "o-", color=f"C{i}", label=name)
-        ax.set_xlabel("flip probability")
+        for i, name in enumerate(fits):
+            ax.plot(table["flip_prob"], table[f"{name}_{error}"], "o-", color=f"C{i}",
+                    label=f"{fit_label(name)} ({methods[name]})")
+        ax.set_xlabel("flip probability (each pixel y becomes 1 - y)")
         ax.set_ylabel(f"{error.upper()} against the clean image ({unit})")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Denoising: VAE encode-decode vs direct-fit prior search")
+        ax.legend(fontsize=8)
+    fig.suptitle("Denoising: reconstruction of pixel-flipped test images")
     fig.tight_layout()
     return fig
 
@@ -124,7 +138,7 @@ def estimator_convergence(table: pd.DataFrame) -> Figure:
     """Each estimator's NLL against its cost, one panel per fit, on the same test images."""
     styles = {"prior": ("prior sampling (cost: M draws)", "o-"), "iwae": ("IWAE (cost: k samples)", "s-"),
               "ais": ("AIS (cost: chains x distributions x leapfrog)", "^-")}
-    fits = [f for f in ("vae", "direct") if f in set(table["fit"])]
+    fits = list(dict.fromkeys(table["fit"]))
     fig, axes = plt.subplots(1, len(fits), figsize=(6 * len(fits), 4.2), squeeze=False)
     for ax, fit in zip(axes[0], fits, strict=False):
         for i, (estimator, (label, style)) in enumerate(styles.items()):
@@ -135,7 +149,7 @@ def estimator_convergence(table: pd.DataFrame) -> Figure:
         ax.set_xscale("log")
         ax.set_xlabel("decoder evaluations per image")
         ax.set_ylabel("test NLL (nats/image)")
-        ax.set_title(f"{'VAE' if fit == 'vae' else 'direct-fit'} decoder")
+        ax.set_title(f"{fit_label(fit)}'s decoder")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.suptitle("Held-out NLL estimates against their cost (lower is tighter; all are upper bounds in expectation)")
@@ -143,13 +157,13 @@ def estimator_convergence(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def gap_walk(stops: list[tuple[str, float]], images: int) -> Figure:
+def gap_walk(stops: list[tuple[str, float]], images: int, baseline: str = "vae") -> Figure:
     """Each stop's NLL as a bar, top to bottom, with the step from the one above written beside it."""
     labels, values = [label for label, _ in stops], np.array([value for _, value in stops])
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(stops) + 1.6))
     rows = np.arange(len(stops))[::-1]
     base = values.min() - 0.15 * (values.max() - values.min()) - 1
-    colors = ["C0" if label.startswith("VAE") else "C3" for label in labels]
+    colors = ["C0" if label.startswith(fit_label(baseline)) else "C3" for label in labels]
     ax.barh(rows, values - base, left=base, color=colors, alpha=0.8)
     for i, (row, value) in enumerate(zip(rows, values, strict=True)):
         step = "" if i == 0 else f"   ({value - values[i - 1]:+.2f})"
@@ -157,7 +171,7 @@ def gap_walk(stops: list[tuple[str, float]], images: int) -> Figure:
     ax.set_yticks(rows, labels)
     ax.set_xlim(base, values.max() + 0.35 * (values.max() - base))
     ax.set_xlabel(f"nats per image, the first {images} test images (lower is better)")
-    ax.set_title("From the direct fit's training objective to the VAE's likelihood, and up to the VAE's bound")
+    ax.set_title("From one fit's training objective to the other's likelihood, and up to its bound")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -167,11 +181,11 @@ def rate_distortion(curve: pd.DataFrame, encoder: dict[str, tuple[float, float]]
     """The exact posterior's distortion against its rate along the AIS path (beta from 0 to 1), per decoder,
     with the encoder's own (KL, reconstruction) point."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, fit in enumerate(("vae", "direct")):
+    for i, fit in enumerate(encoder):
         rows = curve[curve["fit"] == fit].sort_values("beta")
         if rows.empty:
             continue
-        name = "VAE" if fit == "vae" else "direct fit"
+        name = fit_label(fit)
         ax.plot(rows["rate"], rows["distortion"], "-", color=f"C{i}", label=f"{name}: p(z|y) tempered, beta <= 1")
         last = rows.iloc[-1]
         ax.plot(last["rate"], last["distortion"], "o", color=f"C{i}", label=f"{name}: exact posterior (beta = 1)")

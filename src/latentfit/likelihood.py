@@ -58,3 +58,11 @@ def log_importance_weights(y: torch.Tensor, logits: torch.Tensor, z: torch.Tenso
                            logvar: torch.Tensor) -> torch.Tensor:
     """log p(y | z) + log p(z) - log q(z | y) for draws z ~ q; broadcasts over leading sample dims."""
     return bernoulli_log_prob(y, logits) + standard_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar)
+
+
+def iwae_bound(y: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+               logvar: torch.Tensor) -> torch.Tensor:
+    """Burda et al.'s bound log (1/k) sum_i p(y, z_i) / q(z_i | y) per image, for k draws z (k, B, d) from q
+    with decoder logits (k, B, D): a lower bound on log p(y) that rises with k; k = 1 is the ELBO."""
+    log_w = log_importance_weights(y, logits, z, mu, logvar)
+    return torch.logsumexp(log_w, 0) - math.log(len(z))

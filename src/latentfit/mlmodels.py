@@ -9,7 +9,6 @@ the stage's DVC outputs."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io import file_md5
 from .models import VAE, Decoder
 
 REGISTERED = {"vae": "latentfit-vae-decoder", "direct": "latentfit-direct-decoder", "encoder": "latentfit-vae-encoder"}
@@ -44,11 +44,6 @@ class GaussianPosterior(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         mu, logvar = self.encoder(y)
         return torch.cat([mu, logvar], dim=-1)
-
-
-def file_md5(path: str | Path) -> str:
-    """The md5 of a file's bytes: what DVC records for a single-file output."""
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def log_servable(module: nn.Module, name: str, example: np.ndarray, md5: str) -> None:
@@ -105,16 +100,16 @@ def log_direct(decoder: Decoder, model_file: str | Path) -> None:
     log_servable(BernoulliMeans(decoder), "direct", z, file_md5(model_file))
 
 
-def link_and_rank(model_files: dict[str, str | Path], metrics: dict[str, dict[str, float]], dataset: str) -> None:
-    """For each fit's registered decoder version (found by its model file's DVC hash): log the held-out
+def link_and_rank(model_md5: dict[str, str], metrics: dict[str, dict[str, float]], dataset: str) -> None:
+    """For each fit's registered decoder version (found by its model file's DVC hash `model_md5[fit]`): log the held-out
     `metrics[fit]` linked to it, tag it with its AIS NLL, and give it the alias `best-<dataset>` when no
     version of that name has a lower AIS NLL on this dataset."""
     import mlflow
 
     client = mlflow.MlflowClient()
     alias = f"best-{dataset}"
-    for fit, path in model_files.items():
-        name, md5 = REGISTERED[fit], file_md5(path)
+    for fit, md5 in model_md5.items():
+        name = REGISTERED.get(fit, f"latentfit-{fit}-decoder")
         versions = client.search_model_versions(f"name = '{name}' and tags.{DVC_MD5} = '{md5}'")
         if not versions:
             continue  # trained while the store was unreachable

@@ -3,6 +3,7 @@ that uses the models, so a change to that code does not re-run the trainings).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,23 @@ def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     """The decoder of a model file, and the M training draws it kept (None if it kept none)."""
     model, saved = load_model(path, device)
     return (model.decoder if isinstance(model, VAE) else model), saved.get("train_draws")
+
+
+@dataclass
+class FitModel:
+    """One fit as the evaluation sees it: its decoder, its own amortised encoder if it has one (a VAE
+    around the decoder), the M prior draws it trained on if it kept them, and its hidden width."""
+
+    name: str
+    decoder: Decoder
+    encoder: VAE | None
+    train_draws: torch.Tensor | None
+    hidden: int
+
+
+def load_fit(name: str, path: str | Path, device: torch.device | str = "cpu") -> FitModel:
+    model, saved = load_model(path, device)
+    if isinstance(model, VAE):
+        return FitModel(name, model.decoder, model, saved.get("train_draws"), saved["hidden"])
+    return FitModel(name, model, None, saved.get("train_draws"), saved["hidden"])
+

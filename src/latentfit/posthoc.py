@@ -4,10 +4,14 @@ change here re-runs evaluate only): an encoder for a frozen decoder, and the fea
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from .errors import DataError
 from .models import PIXELS, VAE, Decoder
 from .training import batches
 
@@ -50,3 +54,21 @@ def fit_classifier(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
             optimizer.step()
             total += loss.detach()
         yield {"epoch": epoch, "loss": total.item() / len(x)}
+
+
+def classifier_file(classifier: Classifier, stats: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """models/classifier.pt: the reference stage's feature classifier (CPU tensors) and the test images'
+    feature mean and covariance."""
+    return {"state_dict": {k: v.cpu() for k, v in classifier.state_dict().items()},
+            "mean": torch.from_numpy(stats[0]), "cov": torch.from_numpy(stats[1])}
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, tuple[np.ndarray,
+                                                                                                    np.ndarray]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run the reference stage first (`dvc repro reference`)")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    classifier = Classifier().to(device)
+    classifier.load_state_dict(saved["state_dict"])
+    return classifier.eval(), (saved["mean"].numpy(), saved["cov"].numpy())

@@ -1,62 +1,24 @@
-"""metrics/report.md: the evaluate stage's numbers for both fits in one table, each with its meaning."""
+"""metrics/report.md: the comparison of every fit, in tables with the meaning of each number."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
 
 from .config import EvaluateParams, Params
-from .evaluation.schema import Details, fmt, verdict
-from .evaluation.why import Anatomy, InferenceGaps, walk
+from .evaluation.schema import Details, FitScores, fmt, verdict, walk
+from .evaluation.why import InferenceGaps
+from .fits import label
 
 FIGURES = "../plots/figures"
 
 
-def headline_verdict(m: Details) -> str:
-    """The report's first sentence: which fit is better, by how much, how sure, how well checked."""
-    gap, check = m.gap.ais, m.bdmc
-    sentence, worse = verdict(gap, f"{gap.images} test images")
-    better = "VAE" if worse == "direct fit" else "direct fit"
-    bound = max(check.vae.gap, check.direct.gap)
-    return (f"**{sentence[0].upper()}{sentence[1:]}** (its decoder is the better model of held-out images: paired "
-            f"AIS NLL, {worse} minus {better}); BDMC bounds the AIS error at this schedule by {bound:.2f} nats per "
-            f"image (VAE {check.vae.gap:.2f}, direct {check.direct.gap:.2f}).")
-
-
-def verdict_table(m: Details, p: EvaluateParams) -> list[str]:
-    """The gap direct - VAE under each estimator, paired, every estimator on the same images."""
-    names = {"ais": f"AIS ({p.ais_chains} chains x {p.ais_steps} distributions)",
-             "iwae": f"IWAE (k = {p.iwae_samples})", "prior_mc": f"prior sampling (M = {p.prior_mc_samples})"}
-    kind = {"ais": "stochastic upper bounds, checked by BDMC", "iwae": "stochastic upper bounds, encoder-dependent",
-            "prior_mc": "stochastic upper bounds, biased up for small M"}
-    lines = [f"Each estimator on the same first {m.verdict.ais.images} test images (nats per image):", "",
-             "| estimator | VAE NLL | direct NLL | gap direct - VAE | 95% interval | what the NLLs are |",
-             "|---|---|---|---|---|---|"]
-    for est, name in names.items():
-        v = getattr(m.verdict, est)
-        lines.append(f"| {name} | {fmt(v.vae)} | {fmt(v.direct)} | {fmt(v.mean, v.se)} "
-                     f"| {fmt(v.lo)} to {fmt(v.hi)} | {kind[est]} |")
-    iwae, prior = m.gap.iwae, m.gap.prior_mc
-    lines += ["", (f"Over more images: IWAE's gap over its {iwae.images} images {fmt(iwae.mean, iwae.se)}; prior "
-                   f"sampling's over all {prior.images} test images {fmt(prior.mean, prior.se)}.")]
-    b = m.bdmc
-    lines += ["", ("BDMC on images simulated from each fitted decoder (forward AIS: upper bound on the NLL, "
-              "reverse AIS from the true latent: lower bound):"), "",
-              "| decoder | upper NLL | lower NLL | distance (bounds the AIS error) |", "|---|---|---|---|"]
-    lines += [f"| {name} | {fmt(c.upper_nll)} | {fmt(c.lower_nll)} | {fmt(c.gap, c.gap_se)} |"
-              for name, c in (("vae", b.vae), ("direct", b.direct))]
-    return lines
-
-
-def _gap_rows(name: str, where: str, g: InferenceGaps) -> str:
-    full = fmt(g.optimised_full)
-    cov = fmt(g.covariance.mean, g.covariance.se) if g.covariance is not None else "n/a"
-    return (f"| {name} | {where} ({g.images}) | {fmt(g.amortised)} | {fmt(g.optimised)} | {full} | {fmt(g.ais)} "
-            f"| {fmt(g.amortisation.mean, g.amortisation.se)} | {cov} | {fmt(g.approximation.mean, g.approximation.se)} |")
-
-
-def _diagonal_miss(g: InferenceGaps) -> float:
-    """The best diagonal Gaussian's -ELBO above the AIS NLL."""
-    return g.optimised - g.ais
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A GitHub Markdown table (tabulate), as lines."""
+    return tabulate(rows, headers=list(header), tablefmt="github", disable_numparse=True).splitlines()
 
 
 def class_names(dataset: str) -> list[str]:
@@ -67,153 +29,207 @@ def class_names(dataset: str) -> list[str]:
     return list(source.classes) if source is not None else []
 
 
-def why_section(m: Details, p: EvaluateParams, dataset: str = "") -> list[str]:
-    """The notebook's question, in numbers: what each step from the direct fit's objective to the VAE's
-    likelihood is worth, where each decoder's bound loses, and which estimates can be trusted."""
-    a: Anatomy | None = m.anatomy
-    if a is None:
-        return []
-    stops = walk(m)
-    steps = [f"{label} **{value:.2f}**" for label, value in stops]
-    lines = ["## Why the decoders differ", "",
-             (f"On the verdict's first {m.verdict.ais.images} test images (nats per image, lower is better), from the "
-              "direct fit's own objective to the VAE's likelihood and back up to the VAE's own bound: "
-              + " -> ".join(steps) + f" ([figure]({FIGURES}/gap_walk.png))."), ""]
-    v, d = a.vae.test, a.direct.test
-    lines += [("**In short.** Posterior shape, per decoder: the best full-covariance Gaussian is "
-               f"{v.approximation.mean:.2f} nats from the VAE decoder's AIS NLL and {d.approximation.mean:.2f} from the "
-               f"direct fit's; a diagonal one {_diagonal_miss(v):.2f} and {_diagonal_miss(d):.2f}; their encoders lose "
-               f"{v.amortisation.mean:.2f} and {d.amortisation.mean:.2f} more. The decoders themselves differ by "
-               f"{m.verdict.ais.mean:.2f} nats of AIS NLL, rate (KL of the exact posterior from the prior) "
-               f"{a.vae.posterior.rate:.2f} against {a.direct.posterior.rate:.2f}, distortion "
-               f"{a.vae.posterior.distortion:.2f} against {a.direct.posterior.distortion:.2f}."), ""]
-    if a.mixture is not None:
-        mix = a.mixture
-        lines += [(f"**The direct fit is a mixture.** With its {mix.components} training draws fixed, its objective is "
-                   f"the likelihood of a {mix.components}-component Bernoulli mixture; on all training images "
-                   f"{mix.used} components carry at least one image's worth of responsibility, the pooled "
-                   f"responsibility has the perplexity of {mix.perplexity:.1f} equally used components, and each image "
-                   f"is explained by {mix.per_image:.2f} components on average. On {mix.images} training images its "
-                   f"objective is {fmt(mix.objective_nll)} against an AIS NLL of {fmt(mix.ais_nll)} for the same "
-                   f"decoder: the objective is {fmt(mix.objective_gap.mean, mix.objective_gap.se)} nats looser than "
-                   "the likelihood it stands for. Fresh prior draws do not rescue it: the decoder was fitted to "
-                   "those few points of z, not to the prior."), ""]
-    lines += [("**Inference gaps** (Cremer et al. 2018): -ELBO of the encoder's q (the direct fit's is post hoc), of "
-               f"the best Gaussian for each image ({p.gap_steps} Adam steps, diagonal then full covariance), and the AIS "
-               "NLL, all on the same images; amortisation = encoder - best diagonal, covariance = diagonal - full, "
-               "approximation = best Gaussian - AIS (each >= 0 in theory, ± standard error over images):"), "",
-              "| decoder | images | encoder -ELBO | best diagonal | best full | AIS NLL | amortisation | covariance "
-              "| approximation |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, fit in (("VAE", a.vae), ("direct", a.direct)):
-        lines.append(_gap_rows(name, "test", fit.test))
-        if fit.train is not None:
-            lines.append(_gap_rows(name, "train", fit.train))
-    if a.vae.train is not None and a.direct.train is not None:
-        lines += ["", ("Test minus train, per part (different images, so the AIS NLL's difference carries the spread "
-                       "between images, its standard error given; the gaps' differences are far better resolved): "
-                       "the decoder's part is the AIS NLL's, the encoder's the amortisation gap's:"), ""]
-        for name, fit in (("VAE", a.vae), ("direct", a.direct)):
-            tr, te = fit.train, fit.test
-            assert tr is not None
-            spread = math.hypot(te.ais_se or 0.0, tr.ais_se or 0.0)
-            lines.append(f"- {name}: AIS NLL {te.ais - tr.ais:+.2f} ± {spread:.2f}; amortisation gap "
-                         f"{te.amortisation.mean - tr.amortisation.mean:+.2f} ± "
-                         f"{math.hypot(te.amortisation.se, tr.amortisation.se):.2f}; approximation gap "
-                         f"{te.approximation.mean - tr.approximation.mean:+.2f} ± "
-                         f"{math.hypot(te.approximation.se, tr.approximation.se):.2f}.")
-    lines += ["", ("**Rate and distortion** of the exact posterior (Huang et al. 2020, from the AIS path at beta = 1: "
-                   "rate = KL(p(z|y) || p(z)), distortion = E[-log p(y|z)], rate + distortion = AIS NLL), beside the "
-                   "encoder's q on the same images (its KL and reconstruction terms; active units and KL per "
-                   f"dimension over all test images) ([curve for beta <= 1]({FIGURES}/rate_distortion.png)):"), "",
-              "| decoder | exact rate | exact distortion | sum | AIS NLL | encoder's KL | encoder's rec | active units "
-              "| largest KL per dimension |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, fit in (("VAE", a.vae), ("direct", a.direct)):
-        post, enc = fit.posterior, fit.encoder
-        lines.append(f"| {name} | {fmt(post.rate, post.rate_se)} | {fmt(post.distortion, post.distortion_se)} "
-                     f"| {fmt(post.rate + post.distortion)} | {fmt(fit.test.ais)} | {fmt(enc.rate)} | {fmt(enc.distortion)} "
-                     f"| {enc.active_units} of {len(enc.kl_per_dim)} | {', '.join(f'{v:.2f}' for v in enc.kl_per_dim[:5])} |")
-    lines += ["", ("**Can each importance-sampling estimate be trusted?** Effective sample size (sum w)^2 / sum w^2 per "
-                   "image and PSIS's Pareto k (k > 0.7: unreliable, whatever its spread); prior sampling needs log M "
-                   "above the posterior's rate:"), "",
-              "| estimate | decoder | draws | median ESS | least ESS | median k | k > 0.7 | rate > log M |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name, fit in (("VAE", a.vae), ("direct", a.direct)):
-        for label, r in (("prior sampling", fit.prior_sampling), ("IWAE", fit.iwae)):
+def headline_verdict(m: Details) -> str:
+    """The report's first sentence: which fit is better, by how much, how sure, how well checked."""
+    fit, base = m.challenger, m.baseline
+    gap = m.pairs[fit].gap.ais
+    sentence, worse = verdict(gap, f"{gap.images} test images", fit, base)
+    better = label(base) if worse == label(fit) else label(fit)
+    checks = ", ".join(f"{label(f)} {s.bdmc.gap:.2f}" for f, s in m.fits.items())
+    others = [verdict(p.gap.ais, f"{p.gap.ais.images} test images", f, base)[0] for f, p in m.pairs.items() if f != fit]
+    return (f"**{sentence[0].upper()}{sentence[1:]}** (its decoder is the better model of held-out images: paired "
+            f"AIS NLL, {worse} minus {better}); BDMC bounds the AIS error at this schedule by "
+            f"{max(s.bdmc.gap for s in m.fits.values()):.2f} nats per image ({checks})."
+            + "".join(f" Also: {s}." for s in others))
+
+
+def verdict_table(m: Details, p: EvaluateParams) -> list[str]:
+    """Each fit's NLL and its gap to the baseline under each estimator, every estimator on the same images."""
+    names = {"ais": f"AIS ({p.ais_chains} chains x {p.ais_steps} distributions)",
+             "iwae": f"IWAE (k = {p.iwae_samples})", "prior_mc": f"prior sampling (M = {p.prior_mc_samples})"}
+    base = label(m.baseline)
+    header = ["estimator", *[f"{label(f)} NLL" for f in m.fits],
+              *[f"gap {label(f)} - {base} (95% interval)" for f in m.pairs]]
+    rows = []
+    for est, name in names.items():
+        first = {f: getattr(pair.verdict, est) for f, pair in m.pairs.items()}
+        nll = {f: r.fit for f, r in first.items()} | {m.baseline: next(iter(first.values())).baseline if first else
+                                                       None}
+        rows.append([name, *[fmt(nll.get(f)) for f in m.fits],
+                     *[f"{fmt(r.mean, r.se)} ({fmt(r.lo)} to {fmt(r.hi)})" for r in first.values()]])
+    n = p.ais_images
+    lines = [f"Each estimator on the same first {n} test images (nats per image; all are stochastic upper bounds "
+             "on the NLL: AIS checked by BDMC, IWAE depends on the encoder, prior sampling is biased up for small M):",
+             "", *table(header, rows), ""]
+    for f, pair in m.pairs.items():
+        iwae, prior = pair.gap.iwae, pair.gap.prior_mc
+        lines.append(f"Over more images, {label(f)} - {base}: IWAE's gap over its {iwae.images} images "
+                     f"{fmt(iwae.mean, iwae.se)}; prior sampling's over all {prior.images} test images "
+                     f"{fmt(prior.mean, prior.se)}.")
+    lines += ["", ("BDMC on images simulated from each fitted decoder (forward AIS: upper bound on the NLL, "
+                   "reverse AIS from the true latent: lower bound):"), ""]
+    lines += table(["decoder", "upper NLL", "lower NLL", "distance (bounds the AIS error)"],
+                   [[label(f), fmt(s.bdmc.upper_nll), fmt(s.bdmc.lower_nll), fmt(s.bdmc.gap, s.bdmc.gap_se)]
+                    for f, s in m.fits.items()])
+    return lines
+
+
+def _gap_row(name: str, where: str, g: InferenceGaps) -> list[str]:
+    cov = fmt(g.covariance.mean, g.covariance.se) if g.covariance is not None else "n/a"
+    return [name, f"{where} ({g.images})", fmt(g.amortised), fmt(g.optimised), fmt(g.optimised_full), fmt(g.ais),
+            fmt(g.amortisation.mean, g.amortisation.se), cov, fmt(g.approximation.mean, g.approximation.se)]
+
+
+def _anatomy_tables(fits: dict[str, FitScores]) -> list[str]:
+    """Inference gaps, the exact posterior's rate and distortion, and the reliability of each estimate."""
+    gaps = []
+    for f, s in fits.items():
+        assert s.anatomy is not None
+        gaps.append(_gap_row(label(f), "test", s.anatomy.test))
+        if s.anatomy.train is not None:
+            gaps.append(_gap_row(label(f), "train", s.anatomy.train))
+    lines = ["**Inference gaps** (Cremer et al. 2018): -ELBO of the encoder's q (post hoc for a fit without one), of "
+             "the best Gaussian for each image (diagonal then full covariance), and the AIS NLL, all on the same "
+             "images; amortisation = encoder - best diagonal, covariance = diagonal - full, approximation = best "
+             "Gaussian - AIS (each >= 0 in theory, ± standard error over images):", "",
+             *table(["decoder", "images", "encoder -ELBO", "best diagonal", "best full", "AIS NLL", "amortisation",
+                     "covariance", "approximation"], gaps), ""]
+    moved = []
+    for f, s in fits.items():
+        tr, te = s.anatomy.train, s.anatomy.test  # type: ignore[union-attr]
+        if tr is None:
+            continue
+        moved.append(f"- {label(f)}: AIS NLL {te.ais - tr.ais:+.2f} ± {math.hypot(te.ais_se or 0, tr.ais_se or 0):.2f}; "
+                     f"amortisation gap {te.amortisation.mean - tr.amortisation.mean:+.2f} ± "
+                     f"{math.hypot(te.amortisation.se, tr.amortisation.se):.2f}; approximation gap "
+                     f"{te.approximation.mean - tr.approximation.mean:+.2f} ± "
+                     f"{math.hypot(te.approximation.se, tr.approximation.se):.2f}.")
+    if moved:
+        lines += ["Test minus train, per part (different images: the AIS NLL's difference carries the spread between "
+                  "images; the gaps' differences are far better resolved):", "", *moved, ""]
+    rd = [[label(f), fmt(a.posterior.rate, a.posterior.rate_se), fmt(a.posterior.distortion, a.posterior.distortion_se),
+           fmt(a.posterior.rate + a.posterior.distortion), fmt(a.test.ais), fmt(a.encoder.rate), fmt(a.encoder.distortion),
+           f"{a.encoder.active_units} of {len(a.encoder.kl_per_dim)}", ", ".join(f"{v:.2f}" for v in a.encoder.kl_per_dim[:5])]
+          for f, s in fits.items() if (a := s.anatomy) is not None]
+    lines += [("**Rate and distortion** of the exact posterior (Huang et al. 2020, from the AIS path at beta = 1: "
+               "rate = KL(p(z|y) || p(z)), distortion = E[-log p(y|z)], rate + distortion = AIS NLL), beside the "
+               "encoder's q on the same images ([curve for beta <= 1]"
+               f"({FIGURES}/rate_distortion.png)):"), "",
+              *table(["decoder", "exact rate", "exact distortion", "sum", "AIS NLL", "encoder's KL", "encoder's rec",
+                      "active units", "largest KL per dimension"], rd), ""]
+    trust = []
+    for f, s in fits.items():
+        for what, r in (("prior sampling", s.anatomy.prior_sampling), ("IWAE", s.anatomy.iwae)):  # type: ignore[union-attr]
             above = "n/a" if r.rate_above_log_draws is None else f"{r.rate_above_log_draws} of {r.k_images}"
-            k = fmt(r.k_median) if r.k_median is not None else "inf"
-            lines.append(f"| {label} | {name} | {r.draws} | {r.ess_median:.1f} | {r.ess_min:.2f} | {k} "
-                         f"| {r.flagged} of {r.k_images} | {above} |")
-    if a.by_class:
-        lines += ["", "**The gap by class** (direct - VAE, paired, 95% intervals; AIS on the verdict's images, IWAE on "
-                  "its own):", "", "| class | AIS gap | AIS interval | images | IWAE gap | IWAE interval | images |",
-                  "|---|---|---|---|---|---|---|"]
-        names = class_names(dataset)
-        for c, g in a.by_class.items():
-            name = names[int(c)] if int(c) < len(names) else c
-            lines.append(f"| {name} | {fmt(g.ais.mean)} | {fmt(g.ais.lo)} to {fmt(g.ais.hi)} | {g.ais.images} "
-                         f"| {fmt(g.iwae.mean)} | {fmt(g.iwae.lo)} to {fmt(g.iwae.hi)} | {g.iwae.images} |")
-    return [*lines, ""]
+            trust.append([what, label(f), r.draws, f"{r.ess_median:.1f}", f"{r.ess_min:.2f}",
+                          fmt(r.k_median) if r.k_median is not None else "inf", f"{r.flagged} of {r.k_images}", above])
+    lines += [("**Can each importance-sampling estimate be trusted?** Effective sample size per image and PSIS's "
+               "Pareto k (k > 0.7: unreliable, whatever its spread); prior sampling needs log M above the "
+               "posterior's rate:"), "",
+              *table(["estimate", "decoder", "draws", "median ESS", "least ESS", "median k", "k > 0.7", "rate > log M"],
+                     trust), ""]
+    return lines
+
+
+def why_section(m: Details, classes: list[str]) -> list[str]:
+    """The notebook's question, in numbers: what each step from one fit's objective to the baseline's
+    likelihood is worth, where each decoder's bound loses, and which estimates can be trusted."""
+    if any(s.anatomy is None for s in m.fits.values()):
+        return []
+    fit = m.challenger
+    stops = " -> ".join(f"{text} **{value:.2f}**" for text, value in walk(m))
+    lines = ["## Why the decoders differ", "",
+             (f"On the verdict's first {m.pairs[fit].verdict.ais.images} test images (nats per image, lower is better): "
+              f"{stops} ([figure]({FIGURES}/gap_walk.png))."), ""]
+    for f, s in m.fits.items():
+        if s.mixture is not None:
+            mix = s.mixture
+            lines += [(f"**{label(f)} is a mixture.** With its {mix.components} training draws fixed, its objective is "
+                       f"the likelihood of a {mix.components}-component Bernoulli mixture: {mix.used} components carry "
+                       f"at least one training image's worth of responsibility, the pooled responsibility has the "
+                       f"perplexity of {mix.perplexity:.1f} equally used components, each image is explained by "
+                       f"{mix.per_image:.2f}. On {mix.images} training images its objective is {fmt(mix.objective_nll)} "
+                       f"against an AIS NLL of {fmt(mix.ais_nll)}: {fmt(mix.objective_gap.mean, mix.objective_gap.se)} "
+                       "nats looser than the likelihood it stands for."), ""]
+    lines += _anatomy_tables(m.fits)
+    classes_seen = sorted({c for pair in m.pairs.values() for c in pair.by_class}, key=int)
+    if classes_seen:
+        base, rows = label(m.baseline), []
+        for c in classes_seen:
+            row: list[object] = [_class(classes, c)]
+            for pair in m.pairs.values():
+                g = pair.by_class.get(c)
+                row += ["n/a", "n/a"] if g is None else [
+                    f"{fmt(g.ais.mean)} ({fmt(g.ais.lo)} to {fmt(g.ais.hi)}, {g.ais.images})",
+                    f"{fmt(g.iwae.mean)} ({fmt(g.iwae.lo)} to {fmt(g.iwae.hi)}, {g.iwae.images})"]
+            rows.append(row)
+        header = ["class", *[f"{what} gap {label(f)} - {base}" for f in m.pairs for what in ("AIS", "IWAE")]]
+        lines += ["**The gap by class** (paired; in brackets the 95% interval and the images: AIS on the verdict's "
+                  "images, IWAE on its own):", "", *table(header, rows), ""]
+    return lines
+
+
+def _class(classes: list[str], c: str) -> str:
+    return classes[int(c)] if int(c) < len(classes) else c
+
+
+def metric_rows(m: Details, p: EvaluateParams) -> list[list[object]]:
+    """Every per-fit number: (metric, a value per fit, its meaning)."""
+    fits = list(m.fits.values())
+
+    def row(name: str, values: list[str], meaning: str) -> list[object]:
+        return [name, *values, meaning]
+
+    def each(read: Any, digits: int = 2) -> list[str]:
+        return [fmt(read(s), digits=digits) if read(s) is not None else "n/a" for s in fits]
+
+    rows = [
+        row(f"AIS NLL ({p.ais_chains} chains, {p.ais_steps} distributions, first {p.ais_images} test images)",
+            [fmt(s.test.ais_nll, s.test.ais_nll_se) for s in fits],
+            "held-out -log p(y) by annealed importance sampling from the prior (HMC): no encoder, the same for every "
+            "decoder; a stochastic upper bound whose looseness BDMC measures"),
+        row(f"IWAE NLL (k = {p.iwae_samples}, first {p.iwae_images} test images)",
+            [fmt(s.test.iwae_nll, s.test.iwae_nll_se) for s in fits],
+            "importance sampling with an encoder as proposal (post hoc for a fit without one); tightens with k"),
+        row("excess over the entropy floor", each(lambda s: s.test.excess),
+            f"AIS NLL minus sum_j H(y_j) of the same images (all test images: {m.reference.entropy_floor:.2f})"),
+        row(f"prior-sampling NLL (M = {p.prior_mc_samples} fresh draws)", each(lambda s: s.test.prior_mc_nll),
+            "-log (1/M) sum_m p(y \\| z_m), z_m from the prior: biased upwards for small M"),
+        row("NLL with the fit's own training draws", each(lambda s: s.test.train_draws_nll),
+            "the same estimator with the very M draws a direct fit trained on"),
+        row("test -ELBO", each(lambda s: s.test.neg_elbo), "a fit's bound with its own encoder, one draw per image"),
+        row("  of which reconstruction", each(lambda s: s.test.rec), "E_q[-log p(y | z)]"),
+        row("  of which KL", each(lambda s: s.test.kl), "KL(q(z | y) || p(z))"),
+        row("IWAE NLL, post-hoc encoder (control)", each(lambda s: s.test.iwae_nll_posthoc),
+            "a decoder with its own encoder measured the way one without is: close to the IWAE row means fair"),
+        row(f"kNN accuracy of latent means (k = {p.knn_neighbours})", each(lambda s: s.latent.knn_accuracy, 3),
+            "labels predicted from the nearest training latents: class structure the latent space keeps"),
+        row("silhouette of label clusters", each(lambda s: s.latent.silhouette, 3), "-1 .. 1, higher: separated"),
+        row("Frechet distance of prior samples", each(lambda s: s.sample_fd),
+            f"classifier features of samples vs test images (real train vs test: {m.reference.data_fd:.2f})"),
+    ]
+    for i, key in enumerate(fits[0].denoise):
+        prob = fits[0].denoise[key].flip_prob
+        rows.append(row(f"denoising BCE, flip probability {prob:g}", each(lambda s, k=key: s.denoise[k].bce),
+                        "the same, each pixel flipped with this probability" if i else
+                        "reconstruction of a pixel-flipped test image against the clean one: a fit's encoder "
+                        f"(posterior mean), or the best of {p.search_candidates} prior draws"))
+    return rows
 
 
 def render_report(m: Details, params: Params) -> str:
-    p, vae, direct = params.evaluate, m.vae.test, m.direct.test
-    floor = m.data.test.entropy_floor
-    rows = [
-        (f"AIS NLL ({p.ais_chains} chains, {p.ais_steps} distributions, first {p.ais_images} test images)",
-         fmt(vae.ais_nll, vae.ais_nll_se), fmt(direct.ais_nll, direct.ais_nll_se),
-         ("held-out -log p(y) by annealed importance sampling from the prior (HMC): no encoder, the same for both "
-         "decoders; a stochastic upper bound whose looseness BDMC measures")),
-        (f"IWAE NLL (k = {p.iwae_samples}, first {p.iwae_images} test images)",
-         fmt(vae.iwae_nll, vae.iwae_nll_se), fmt(direct.iwae_nll, direct.iwae_nll_se),
-         ("held-out -log p(y) by importance sampling with an encoder as proposal (the direct fit's is fitted post hoc "
-         "to its frozen decoder); a stochastic upper bound that tightens with k, loose where the encoder fits badly")),
-        ("excess over the entropy floor", fmt(vae.excess), fmt(direct.excess),
-         (f"AIS NLL minus sum_j H(y_j) of the same images (all test images: {floor:.2f}): grayscale data keep any "
-         "Bernoulli model above that floor")),
-        (f"prior-sampling NLL (M = {p.prior_mc_samples} fresh draws)", fmt(vae.prior_mc_nll),
-         fmt(direct.prior_mc_nll),
-         "-log (1/M) sum_m p(y \\| z_m), z_m from the prior: the direct fit's own estimator, biased upwards for small M"),
-        ("NLL with the direct fit's own training draws", "n/a", fmt(direct.train_draws_nll),
-         "the same estimator with the very M draws the direct fit trained on"),
-        ("test -ELBO (rec + KL)", f"{fmt(vae.neg_elbo)} ({fmt(vae.rec)} + {fmt(vae.kl)})", "n/a",
-         "the VAE's bound with its amortised encoder, one draw per image"),
-        ("IWAE NLL, post-hoc encoder (control)", fmt(vae.iwae_nll_posthoc), "n/a",
-         "the VAE's decoder measured the way the direct fit is: close to the IWAE NLL row means the recipe is fair"),
-        (f"kNN accuracy of latent means (k = {p.knn_neighbours})", fmt(m.latent.vae.knn_accuracy, digits=3),
-         fmt(m.latent.direct.knn_accuracy, digits=3),
-         "labels predicted from the nearest training latents: how much class structure the latent space keeps"),
-        ("silhouette of label clusters", fmt(m.latent.vae.silhouette, digits=3),
-         fmt(m.latent.direct.silhouette, digits=3), "-1 .. 1, higher: classes better separated in z"),
-        ("Frechet distance of prior samples", fmt(m.samples.vae.fid), fmt(m.samples.direct.fid),
-         (f"between classifier features of samples and test images (real train vs test: "
-         f"{m.samples.data_fid:.2f}); not Inception FID")),
-    ]
-    for i, entry in enumerate(m.denoise.values()):
-        rows.append((f"denoising BCE, flip probability {entry.flip_prob:g}", fmt(entry.vae_bce),
-                     fmt(entry.direct_bce), "the same, each pixel flipped with this probability" if i else
-                     "reconstruction of a noisy test image against the clean one: VAE encoder (posterior mean) "
-                     f"vs best of {p.search_candidates} prior draws"))
-    table = ["| metric | VAE | direct | what it means |", "|---|---|---|---|"]
-    table += [f"| {name} | {a} | {b} | {meaning} |" for name, a, b, meaning in rows]
+    p, classes = params.evaluate, class_names(params.data.dataset)
+    seconds = ", ".join(f"{label(f)} {s.seconds:.0f} s" for f, s in m.fits.items())
     return "\n".join([
-        "# VAE vs direct fit",
-        "",
-        headline_verdict(m),
-        "",
-        *verdict_table(m, p),
-        "",
-        *why_section(m, p, params.data.dataset),
-        "Every metric:",
-        "",
+        f"# {' vs '.join(label(f) for f in m.fits)}", "", headline_verdict(m), "", *verdict_table(m, p), "",
+        *why_section(m, classes),
+        "Every metric:", "",
         (f"Dataset `{params.data.dataset}`, test split; likelihoods in nats per image, lower is better. "
-        f"Feature classifier test accuracy {m.samples.classifier_accuracy:.3f}. "
-        f"Evaluate stage wall time {m.seconds:.0f} s."),
-        "",
-        *table,
-        "",
+         f"Feature classifier test accuracy {m.reference.classifier_accuracy:.3f}. Evaluate stage wall time: {seconds}."),
+        "", *table(["metric", *[label(f) for f in m.fits], "what it means"], metric_rows(m, p)), "",
         (f"Figures: [each estimator against its cost]({FIGURES}/estimator_convergence.png), "
-        f"[prior-sampling NLL against M]({FIGURES}/prior_mc_curve.png), "
-        f"[denoising sweep]({FIGURES}/denoise_sweep.png), [samples]({FIGURES}/samples_vae_vs_direct.png), "
-        f"[reconstructions]({FIGURES}/search_reconstruction.png), [t-SNE]({FIGURES}/tsne_vae.png)."),
+         f"[prior-sampling NLL against M]({FIGURES}/prior_mc_curve.png), "
+         f"[denoising sweep]({FIGURES}/denoise_sweep.png), [samples]({FIGURES}/samples_same_z.png), "
+         f"[denoising]({FIGURES}/denoising.png), [t-SNE]({FIGURES}/tsne.png)."),
         "",
     ])

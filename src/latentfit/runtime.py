@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sys
 import tempfile
@@ -36,6 +37,17 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     """Seed the global RNG (weight init) and return a generator for everything drawn afterwards."""
     torch.manual_seed(seed)
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def stream(seed: int, *names: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of one block of work (`stream(seed, "vae", "ais")`: the VAE's AIS), seeded from a
+    hash of the seed and the names that is the same in every process and on every machine, so that adding,
+    removing or reordering a block or a fit moves no other block's draws. Seeds torch's global generator
+    with it too: modules the block creates are initialised from it, not from whatever ran before."""
+    digest = hashlib.blake2b("/".join([str(seed), *names]).encode(), digest_size=8).digest()
+    value = int.from_bytes(digest, "little") & (2**63 - 1)
+    torch.manual_seed(value)
+    return torch.Generator(device=device).manual_seed(value)
 
 
 def machine_cores() -> int:

@@ -146,13 +146,15 @@ class StageRun:
         self.call(mlflow.log_metrics, metrics, step=int(record["epoch"]))
 
     def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:
-        """Final metrics, on the stage run and, prefixed by the stage, on the pipeline's parent run."""
+        """Final metrics, on the stage run and, prefixed by the stage, on the pipeline's parent run (a
+        `foreach` stage's `evaluate@vae` as `evaluate.vae.`: MLflow's metric names have no `@`)."""
         import mlflow
 
         flat = {prefix + k: float(v) for k, v in flatten_numbers(metrics).items()}
         self.call(mlflow.log_metrics, flat)
         if self.parent_id:
-            self.call(mlflow.log_metrics, {f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
+            stage = self.stage.replace("@", ".")
+            self.call(mlflow.log_metrics, {f"{stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import TrainingError
-from .likelihood import elbo_terms, mc_marginal_log_prob
+from .likelihood import bernoulli_log_prob, elbo_terms, gaussian_kl, iwae_bound, mc_marginal_log_prob
 from .models import VAE, Decoder
 
 __all__ = ["TrainingError", "batches", "fit_direct", "fit_vae", "make_optimizer"]
@@ -48,10 +48,16 @@ def _check_finite(record: dict, what: str, lr_key: str) -> None:
 
 def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int, batch_size: int,
             generator: torch.Generator, start_epoch: int = 0, what: str = "train_vae",
-            lr_key: str = "train_vae.lr", dynamic: bool = False) -> Iterator[dict]:
+            lr_key: str = "train_vae.lr", dynamic: bool = False, iwae_k: int = 1) -> Iterator[dict]:
     """Maximise the ELBO (L = 1) by Adam over shuffled batches; yield epoch-average rec, kl, neg_elbo.
     `what` and `lr_key` name the fit and its learning-rate param in the error a divergence raises;
-    `dynamic`: each batch is a fresh Bernoulli draw from the grey images (dynamic binarisation)."""
+    `dynamic`: each batch is a fresh Bernoulli draw from the grey images (dynamic binarisation).
+    `iwae_k` > 1: maximise the IWAE bound with k draws instead (the same encoder); the record adds its
+    epoch average `neg_iwae`, and rec, kl and neg_elbo are the ELBO's at the first of the k draws."""
+    if iwae_k > 1:
+        yield from _fit_iwae(model, optimizer, x, epochs=epochs, batch_size=batch_size, generator=generator,
+                             start_epoch=start_epoch, what=what, lr_key=lr_key, dynamic=dynamic, k=iwae_k)
+        return
     n, z_dim = len(x), model.decoder.z_dim
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
@@ -68,6 +74,34 @@ def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, ep
             sums += torch.stack([rec.detach().sum(), kl.detach().sum()])
         rec_avg, kl_avg = (sums / n).tolist()
         record = {"epoch": epoch, "rec": rec_avg, "kl": kl_avg, "neg_elbo": rec_avg + kl_avg,
+                  "seconds": time.perf_counter() - start}
+        _check_finite(record, what, lr_key)
+        yield record
+
+
+def _fit_iwae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int, batch_size: int,
+              generator: torch.Generator, start_epoch: int, what: str, lr_key: str, dynamic: bool,
+              k: int) -> Iterator[dict]:
+    n, z_dim = len(x), model.decoder.z_dim
+    for epoch in range(start_epoch + 1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        sums = torch.zeros(3, device=x.device)
+        for idx in batches(n, batch_size, generator, x.device):
+            y = _draw(x[idx], dynamic, generator)
+            mu, logvar = model.encoder(y)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(k, len(idx), z_dim, generator=generator, device=x.device)
+            logits = model.decoder(z)
+            bound = iwae_bound(y, logits, z, mu, logvar)
+            loss = -bound.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                rec = -bernoulli_log_prob(y, logits[0])
+                sums += torch.stack([rec.sum(), gaussian_kl(mu, logvar).sum(), -bound.sum()])
+        rec_avg, kl_avg, neg_iwae = (sums / n).tolist()
+        record = {"epoch": epoch, "rec": rec_avg, "kl": kl_avg, "neg_elbo": rec_avg + kl_avg, "neg_iwae": neg_iwae,
                   "seconds": time.perf_counter() - start}
         _check_finite(record, what, lr_key)
         yield record

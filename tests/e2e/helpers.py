@@ -20,11 +20,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
-           "vae_denoising", "tsne_vae", "samples_vae_vs_direct", "search_reconstruction", "training_curves",
-           "prior_mc_curve", "denoise_sweep", "estimator_convergence", "gap_walk", "rate_distortion"}
+           "denoising", "tsne", "samples_same_z", "training_curves", "prior_mc_curve", "denoise_sweep",
+           "estimator_convergence", "gap_walk", "rate_distortion"}
 HEADLINE = ["train.vae", "train.direct", "ais.vae", "ais.direct", "ais.gap", "iwae.vae", "iwae.direct", "iwae.gap",
             "nelbo.vae", "prior.direct"]
-STAGES = ["download", "preprocess", "train_vae", "train_direct", "evaluate", "visualize"]
+STAGES = ["download", "preprocess", "train_vae", "train_direct", "reference", "evaluate@vae", "evaluate@direct",
+          "visualize"]
 SMALL = {  # every stage runs for real, on little data
     "preprocess": {"train_limit": 600, "test_limit": 300},
     "train_vae": {"epochs": 2, "batch_size": 64},
@@ -128,7 +129,7 @@ def show_in_terminal(repo: Repo, args: list[str], columns: int = 160, rows: int 
 
 
 def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", output))
+    return set(re.findall(r"Running stage '([\w@]+)'", output))
 
 
 def free_port() -> int:

@@ -54,15 +54,21 @@ def repo(base, tmp_path):
     return copy
 
 
-def test_repro_runs_the_six_stages_and_writes_every_output(base):
+def test_repro_runs_every_stage_once_per_fit_and_writes_every_output(base):
     repo = base
     assert ran_stages(repo.first_run) == set(STAGES)
     p = repo.path
     assert sorted(f.name for f in (p / "data/raw").iterdir()) == sorted(
         ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"])
-    for out in ("data/prepared/train.pt", "data/prepared/test.pt", "models/vae.pt", "models/direct.pt"):
+    for out in ("data/prepared/train.pt", "data/prepared/test.pt", "models/vae.pt", "models/direct.pt",
+                "models/classifier.pt"):
         assert (p / out).stat().st_size > 0, out
+    for fit in ("vae", "direct"):
+        assert {f.name for f in (p / "metrics" / fit).iterdir()} == {"scores.json", "images.csv", "estimators.csv",
+                                                                     "rate_distortion.csv", "figures.npz"}
+    listed = repo.dvc("stage", "list")
+    assert "evaluate@vae" in listed and "evaluate@direct" in listed
     assert {f.stem for f in (p / "plots/figures").glob("*.png")} == FIGURES
     for png in (p / "plots/figures").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -77,31 +83,36 @@ def test_metrics_hold_every_key(base):
     assert repo.json("metrics/train_vae.json") == {"train": {"vae": pytest.approx(
         pd.read_csv(repo.path / "plots/train_vae.csv")["neg_elbo"].iloc[-1], rel=1e-5)}}
     assert set(repo.json("metrics/train_direct.json")["train"]) == {"direct"}
-    head, ev = repo.json("metrics/evaluate.json"), repo.json("metrics/evaluate_details.json")
-    assert head == {"ais": {"vae": ev["vae"]["test"]["ais_nll"], "direct": ev["direct"]["test"]["ais_nll"],
-                            "gap": ev["gap"]["ais"]["mean"]},
-                    "iwae": {"vae": ev["vae"]["test"]["iwae_nll"], "direct": ev["direct"]["test"]["iwae_nll"],
-                             "gap": ev["gap"]["iwae"]["mean"]},
-                    "nelbo": {"vae": ev["vae"]["test"]["neg_elbo"]},
-                    "prior": {"direct": ev["direct"]["test"]["prior_mc_nll"]}}
-    assert set(ev["vae"]["test"]) == {"neg_elbo", "rec", "kl", "prior_mc_nll", "iwae_nll", "iwae_nll_se",
-                                      "iwae_nll_posthoc", "ais_nll", "ais_nll_se", "excess"}
-    assert set(ev["direct"]["test"]) == {"prior_mc_nll", "train_draws_nll", "iwae_nll", "iwae_nll_se", "ais_nll",
-                                         "ais_nll_se", "excess"}
-    assert set(ev["gap"]) == set(ev["verdict"]) == {"ais", "iwae", "prior_mc"} and set(ev["bdmc"]) == {"vae", "direct"}
-    for fit in ("vae", "direct"):
-        assert set(ev["latent"][fit]) == {"knn_accuracy", "silhouette"}
-        assert ev["samples"][fit]["fid"] > ev["samples"]["data_fid"] >= 0
-    assert 0 <= ev["samples"]["classifier_accuracy"] <= 1
+    head, ev = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
+    fits, pair = ev["fits"], ev["pairs"]["direct"]
+    assert head == {"ais": {"vae": fits["vae"]["test"]["ais_nll"], "direct": fits["direct"]["test"]["ais_nll"],
+                            "gap": pair["gap"]["ais"]["mean"]},
+                    "iwae": {"vae": fits["vae"]["test"]["iwae_nll"], "direct": fits["direct"]["test"]["iwae_nll"],
+                             "gap": pair["gap"]["iwae"]["mean"]},
+                    "nelbo": {"vae": fits["vae"]["test"]["neg_elbo"]},
+                    "prior": {"vae": fits["vae"]["test"]["prior_mc_nll"], "direct": fits["direct"]["test"]["prior_mc_nll"]}}
+    for fit in ("vae", "direct"):  # the comparison holds what each fit's own stage wrote, unchanged
+        assert fits[fit] == repo.json(f"metrics/{fit}/scores.json")
+        assert set(fits[fit]["latent"]) == {"knn_accuracy", "silhouette"}
+        assert fits[fit]["sample_fd"] > ev["reference"]["data_fd"] >= 0
+        images = pd.read_csv(repo.path / f"metrics/{fit}/images.csv")
+        test = images[images["split"] == "test"]
+        assert len(test) == 300 and test["ais"].mean() == pytest.approx(fits[fit]["test"]["ais_nll"])
+    assert set(fits["vae"]["test"]) == {"neg_elbo", "rec", "kl", "prior_mc_nll", "iwae_nll", "iwae_nll_se",
+                                        "iwae_nll_posthoc", "ais_nll", "ais_nll_se", "excess"}
+    assert set(fits["direct"]["test"]) == {"prior_mc_nll", "train_draws_nll", "iwae_nll", "iwae_nll_se", "ais_nll",
+                                           "ais_nll_se", "excess"}
+    assert set(pair["gap"]) == set(pair["verdict"]) == {"ais", "iwae", "prior_mc"}
+    assert 0 <= ev["reference"]["classifier_accuracy"] <= 1
+    assert repo.json("metrics/reference.json") == {"reference": ev["reference"]}
     # the order the math guarantees: floor < IWAE NLL <= -ELBO
-    floor = ev["data"]["test"]["entropy_floor"]
-    assert floor < ev["vae"]["test"]["iwae_nll"] <= ev["vae"]["test"]["neg_elbo"]
+    assert ev["reference"]["entropy_floor"] < fits["vae"]["test"]["iwae_nll"] <= fits["vae"]["test"]["neg_elbo"]
     report = (repo.path / "metrics/report.md").read_text()
-    assert report.splitlines()[2].startswith("**The ") and f"{ev['direct']['test']['ais_nll']:.2f}" in report
+    assert report.splitlines()[2].startswith("**The ") and f"{fits['direct']['test']['ais_nll']:.2f}" in report
     assert list(pd.read_csv(repo.path / "plots/prior_mc.csv")["samples"]) == [10, 100, 500]
     assert set(pd.read_csv(repo.path / "plots/estimators.csv")["estimator"]) == {"prior", "iwae", "ais"}
     assert len(pd.read_csv(repo.path / "plots/denoise.csv")) == 5
-    assert set(ev["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
+    assert set(fits["vae"]["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
     vae = pd.read_csv(repo.path / "plots/train_vae.csv")
     assert list(vae["epoch"]) == [1, 2] and {"rec", "kl", "neg_elbo", "seconds"} <= set(vae.columns)
     assert list(pd.read_csv(repo.path / "plots/train_direct.csv")["epoch"]) == [1, 2]
@@ -125,7 +136,8 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
     for tag in ("dvc_exp", "git_commit", "dataset"):
         assert all(r.data.tags[tag] == parent.data.tags[tag] for r in runs)
     assert parent.data.metrics["evaluate.vae.test.iwae_nll"] == pytest.approx(
-        repo.json("metrics/evaluate_details.json")["vae"]["test"]["iwae_nll"])
+        repo.json("metrics/vae/scores.json")["test"]["iwae_nll"])
+    assert parent.data.metrics["visualize.ais.gap"] == pytest.approx(repo.json("metrics/comparison.json")["ais"]["gap"])
     by_stage = {r.data.tags["stage"]: r for r in runs}
     for stage, columns in (("train_vae", ["rec", "kl", "neg_elbo"]), ("train_direct", ["nll"])):
         csv = pd.read_csv(repo.path / f"plots/{stage}.csv")
@@ -134,8 +146,8 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(csv[column]), rel=1e-5)
     assert by_stage["train_vae"].data.params["train_vae.epochs"] == "2"
-    assert by_stage["evaluate"].data.metrics["vae.test.neg_elbo"] == pytest.approx(
-        repo.json("metrics/evaluate_details.json")["vae"]["test"]["neg_elbo"])
+    assert by_stage["evaluate@vae"].data.metrics["test.neg_elbo"] == pytest.approx(
+        repo.json("metrics/vae/scores.json")["test"]["neg_elbo"])
     artifacts = {a.path for a in client.list_artifacts(by_stage["visualize"].info.run_id, "figures")}
     assert artifacts == {f"figures/{name}.png" for name in FIGURES}
     assert_models_load_back(client.tracking_uri, by_stage, repo.path)
@@ -169,7 +181,7 @@ def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base)
     from latentfit.mlmodels import REGISTERED, file_md5
 
     client = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}")
-    details = base.json("metrics/evaluate_details.json")
+    details = base.json("metrics/comparison_details.json")["fits"]
     for fit in ("vae", "direct"):
         best = client.get_model_version_by_alias(REGISTERED[fit], "best-mnist")
         assert best.tags["dvc_md5"] == file_md5(base.path / f"models/{fit}.pt"), "the version evaluate measured"
@@ -255,22 +267,23 @@ def test_second_repro_runs_nothing(repo):
 
 def test_changing_direct_epochs_reruns_only_what_depends_on_it(repo):
     repo.set_params(train_direct={"epochs": 3})
-    assert ran_stages(repo.dvc("repro")) == {"train_direct", "evaluate", "visualize"}
+    assert ran_stages(repo.dvc("repro")) == {"train_direct", "evaluate@direct", "visualize"}
     assert len(pd.read_csv(repo.path / "plots/train_direct.csv")) == 3
 
 
 def test_exp_run_and_exp_show(repo):
     out = repo.dvc("exp", "run", "-n", "e2e-exp", "-S", "train_vae.epochs=3")
-    assert ran_stages(out) == {"train_vae", "evaluate", "visualize"}
+    assert ran_stages(out) == {"train_vae", "evaluate@vae", "visualize"}
     shown = json.loads(repo.dvc("exp", "show", "--json"))
     exps = [e for row in shown for e in (row.get("experiments") or [])]
     exp = next(e for e in exps if e.get("name") == "e2e-exp")["revs"][0]["data"]
     assert exp["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == 3
     metrics = exp["metrics"]
-    assert set(metrics) == {"metrics/train_vae.json", "metrics/train_direct.json", "metrics/evaluate.json"}
+    assert set(metrics) == {"metrics/train_vae.json", "metrics/train_direct.json", "metrics/reference.json",
+                            "metrics/comparison.json"}
     assert metrics["metrics/train_vae.json"]["data"]["train"]["vae"] > 0
-    assert metrics["metrics/evaluate.json"]["data"]["ais"]["gap"] == pytest.approx(
-        repo.json("metrics/evaluate_details.json")["gap"]["ais"]["mean"])
+    assert metrics["metrics/comparison.json"]["data"]["ais"]["gap"] == pytest.approx(
+        repo.json("metrics/comparison_details.json")["pairs"]["direct"]["gap"]["ais"]["mean"])
 
     # what a person sees: `dvc exp show`, no flags, in a 160-column terminal (its pager chops long lines)
     table = show_in_terminal(repo, [sys.executable, "-m", "dvc", "exp", "show"], columns=160)
@@ -280,26 +293,40 @@ def test_exp_run_and_exp_show(repo):
     missing = [column for column in HEADLINE if column not in header.split()]
     assert not missing, f"headline columns {missing} not shown:\n{table}"
     row = next(line for line in lines if "[e2e-exp]" in line)
-    assert f"{metrics['metrics/evaluate.json']['data']['ais']['vae']:.5g}" in row, table
+    assert f"{metrics['metrics/comparison.json']['data']['ais']['vae']:.5g}" in row, table
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id],
                               "tags.dvc_exp = 'e2e-exp' and tags.stage != 'pipeline'")
-    assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "train_vae", "visualize"]
+    assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate@vae", "train_vae", "visualize"]
+
+
+def test_a_direct_only_experiment_leaves_every_vae_number_as_it_was(repo):
+    """The acceptance of one fit, one evaluation: changing the direct fit's M runs neither train_vae nor
+    evaluate@vae, and every VAE number (its own files and its columns of the comparison) is bit-identical."""
+    before = {f: (repo.path / f).read_bytes() for f in ("metrics/vae/scores.json", "metrics/vae/images.csv",
+                                                       "metrics/vae/figures.npz", "models/vae.pt")}
+    head, details = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
+    out = repo.dvc("exp", "run", "-n", "m32", "-S", "train_direct.mc_samples=32")
+    assert ran_stages(out) == {"train_direct", "evaluate@direct", "visualize"}
+    assert all((repo.path / f).read_bytes() == data for f, data in before.items())
+    after_head, after = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
+    assert after["fits"]["vae"] == details["fits"]["vae"] and after["reference"] == details["reference"]
+    assert all(after_head[key]["vae"] == head[key]["vae"] for key in ("ais", "iwae", "nelbo", "prior"))
+    assert after_head["ais"]["direct"] != head["ais"]["direct"]
 
 
 def test_an_experiment_restores_evaluate_from_the_run_cache(repo):
-    """evaluate, the costliest stage, is run-cached: an experiment whose evaluate inputs an earlier
-    experiment already had takes its outputs from DVC's run cache instead of recomputing them."""
+    """evaluate, the costliest stage, is run-cached per fit: an experiment whose inputs of a fit's evaluation
+    an earlier experiment already had takes its outputs from DVC's run cache instead of recomputing them."""
     first = repo.dvc("exp", "run", "--temp", "-n", "ev-a", "-S", "evaluate.seed=5")
-    assert {"evaluate", "visualize"} <= ran_stages(first)
-    second = repo.dvc("exp", "run", "-n", "ev-b", "-S", "evaluate.seed=5", "-S", "visualize.seed=4")
-    assert "Stage 'evaluate' is cached - skipping run" in second, second
-    assert "Stage 'visualize' is cached" not in second
-    details = repo.json_at(exp_ref(repo, "ev-a"), "metrics/evaluate.json")
-    assert repo.json("metrics/evaluate.json") == details
+    assert {"evaluate@vae", "evaluate@direct", "visualize"} <= ran_stages(first)
+    second = repo.dvc("exp", "run", "-n", "ev-b", "-S", "evaluate.seed=5", "-S", "train_direct.epochs=3")
+    assert "Stage 'evaluate@vae' is cached - skipping run" in second, second
+    assert ran_stages(second) == {"train_direct", "evaluate@direct", "visualize"}
+    assert repo.json("metrics/vae/scores.json") == repo.json_at(exp_ref(repo, "ev-a"), "metrics/vae/scores.json")
 
 
 def exp_ref(repo: Repo, name: str) -> str:
@@ -316,7 +343,7 @@ def test_a_module_only_preprocess_imports_marks_preprocess_and_downstream_change
     assert changed == {"preprocess"}, status  # dvc status names the stage whose own deps changed ...
     out = repo.dvc("repro")  # ... and repro carries the change downstream: every later stage re-runs
     assert ran_stages(out) == set(STAGES) - {"download"}
-    assert repo.json("metrics/evaluate.json") != repo.json_at("HEAD", "metrics/evaluate.json")
+    assert repo.json("metrics/comparison.json") != repo.json_at("HEAD", "metrics/comparison.json")
 
 
 def test_a_figure_change_reruns_only_visualize(repo):
@@ -346,7 +373,7 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     done = {e.get("name"): e["revs"][0]["data"] for row in shown for e in (row.get("experiments") or [])}
     for name, epochs in (("q-one", 1), ("q-two", 4)):
         assert done[name]["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == epochs
-        assert done[name]["metrics"]["metrics/evaluate.json"]["data"]["iwae"]["vae"] > 0
+        assert done[name]["metrics"]["metrics/comparison.json"]["data"]["iwae"]["vae"] > 0
 
     from mlflow.tracking import MlflowClient
 
@@ -354,7 +381,7 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     experiment = client.get_experiment_by_name("latentfit").experiment_id
     for name in ("q-one", "q-two"):
         runs = client.search_runs([experiment], f"tags.dvc_exp = '{name}'")
-        assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "pipeline", "train_vae", "visualize"]
+        assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate@vae", "pipeline", "train_vae", "visualize"]
         assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -402,15 +429,15 @@ def test_a_local_remote_round_trip_leaves_a_second_clone_up_to_date(repo, tmp_pa
     clone.dvc("pull")
     assert "up to date" in clone.dvc("status")
     assert ran_stages(clone.dvc("repro")) == set()
-    for out in ("models/vae.pt", "models/direct.pt", "data/prepared/test.pt", "plots/figures/tsne_vae.png"):
+    for out in ("models/vae.pt", "models/direct.pt", "data/prepared/test.pt", "plots/figures/tsne.png"):
         assert (clone.path / out).read_bytes() == (repo.path / out).read_bytes(), out
 
 
 def test_a_2d_latent_space_is_drawn_directly(repo):
     out = repo.dvc("exp", "run", "-n", "z2", "-S", "model.z_dim=2")
-    assert ran_stages(out) == {"train_vae", "train_direct", "evaluate", "visualize"}
+    assert ran_stages(out) == {"train_vae", "train_direct", "evaluate@vae", "evaluate@direct", "visualize"}
     drawn = {f.stem for f in (repo.path / "plots/figures").glob("*.png")}
-    assert drawn == FIGURES - {"tsne_vae"} | {"latent_means", "latent_manifold"}
+    assert drawn == FIGURES - {"tsne"} | {"latent_means", "latent_manifold"}
     from PIL import Image
 
     with Image.open(repo.path / "plots/figures/latent_manifold.png") as image:

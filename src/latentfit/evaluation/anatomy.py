@@ -1,8 +1,8 @@
-"""Why one decoder wins, measured on one footing (the evaluate stage's `anatomy`, after every other
-number, so switching it off changes none of them): for each decoder the inference gaps on the AIS test
-images and on training images, the exact posterior's rate and distortion from the AIS path, the
-encoder's use of the latent space, the reliability of each importance-sampling estimate; the direct
-fit as the mixture it trains; the paired gap by class. The math is in gaps.py."""
+"""Why one decoder wins, measured on one footing (each fit's `anatomy`, from streams of its own, so switching
+it off changes no other number): the inference gaps on the AIS test images and on training images, the
+exact posterior's rate and distortion from the AIS path, the encoder's use of the latent space, the
+reliability of each importance-sampling estimate; a fit that kept its M training draws as the mixture it
+trains. (The paired gap by class is the comparison's: evaluation/compare.py.) The math is in gaps.py."""
 
 from __future__ import annotations
 
@@ -29,12 +29,11 @@ from ..gaps import (
 )
 from ..inference import encode
 from ..likelihood import mc_marginal_log_prob
+from ..modelfile import FitModel
 from ..models import VAE, Decoder
 from ..runtime import share_cpus
-from .likelihoods import Likelihoods, ais_schedule
+from .likelihoods import Likelihoods, Streams, ais_schedule
 from .why import (
-    Anatomy,
-    ClassGap,
     DecoderAnatomy,
     EncoderUse,
     InferenceGaps,
@@ -115,42 +114,29 @@ def _mixture(direct: Decoder, x_train: torch.Tensor, images: torch.Tensor, ais_n
                    test_objective_nll=-mc_marginal_log_prob(x_test, logits).mean().item())
 
 
-def _by_class(lik: Likelihoods, labels: torch.Tensor, p: EvaluateParams) -> dict[str, ClassGap]:
-    ais = {f: -lik.ais[f].log_prob for f in ("vae", "direct")}
-    iwae = {f: -lik.iwae[f].log_p[p.iwae_samples] for f in ("vae", "direct")}
-    out = {}
-    for c in sorted(set(labels[: p.ais_images].tolist())):
-        a, i = labels[: p.ais_images] == c, labels[: len(iwae["vae"])] == c
-        if a.sum() > 1 and i.sum() > 1:
-            out[str(c)] = ClassGap(paired_difference(ais["direct"][a], ais["vae"][a]),
-                                   paired_difference(iwae["direct"][i], iwae["vae"][i]))
-    return out
-
-
-def anatomy(decoders: dict[str, Decoder], encoders: dict[str, VAE], lik: Likelihoods, train: dict[str, torch.Tensor],
-            test: dict[str, torch.Tensor], p: EvaluateParams, g: torch.Generator,
-            train_draws: torch.Tensor | None) -> tuple[Anatomy, list[dict[str, Any]]]:
-    """Every number of the anatomy, and the rate-distortion curve's rows (fit, beta, rate, distortion)."""
+def anatomy(fit: FitModel, lik: Likelihoods, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor],
+            p: EvaluateParams, streams: Streams) -> tuple[DecoderAnatomy, Mixture | None, list[dict[str, Any]],
+                                                            dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The fit's anatomy, its mixture (with training draws), the rate-distortion curve's rows (fit, beta,
+    rate, distortion), and per-image columns on the AIS test images and on the training images."""
     x, x_train = test["x"][: p.ais_images], train["x"][: p.gap_train_images]
-    fits, curve, train_ais = {}, [], {}
-    for name, decoder in decoders.items():
-        share_cpus()
-        test_gaps, terms = inference_gaps(decoder, encoders[name], x, -lik.ais[name].log_prob, p, g)
-        train_gaps = None
-        if len(x_train):
-            path = ais_paths(decoder, x_train, batch_size=p.ais_batch_size, chains=p.ais_chains,
-                             schedule=ais_schedule(p), generator=g, tick=share_cpus)
-            train_ais[name] = -path.log_prob
-            train_gaps, _ = inference_gaps(decoder, encoders[name], x_train, train_ais[name], p, g)
-        posterior, rows, rate = _posterior(lik.ais[name])
-        curve += [{"fit": name, **row} for row in rows]
-        fits[name] = DecoderAnatomy(
-            test=test_gaps, train=train_gaps, posterior=posterior,
-            encoder=_encoder_use(encoders[name], test["x"], terms["amortised"]),
-            prior_sampling=_reliability(lik.prior[name], p.prior_mc_samples, rate),
-            iwae=_reliability(lik.iwae[name], p.iwae_samples))
+    share_cpus()
+    test_gaps, terms = inference_gaps(fit.decoder, lik.encoder, x, -lik.ais.log_prob, p, streams("gaps_test"))
+    train_gaps, train_columns, train_ais = None, {}, None
+    if len(x_train):
+        path = ais_paths(fit.decoder, x_train, batch_size=p.ais_batch_size, chains=p.ais_chains,
+                         schedule=ais_schedule(p), generator=streams("ais_train"), tick=share_cpus)
+        train_ais = -path.log_prob
+        train_gaps, train_terms = inference_gaps(fit.decoder, lik.encoder, x_train, train_ais, p, streams("gaps_train"))
+        train_columns = {"ais": train_ais} | {f"{q}_neg_elbo": -t["elbo"] for q, t in train_terms.items()}
+    posterior, rows, rate = _posterior(lik.ais)
+    result = DecoderAnatomy(test=test_gaps, train=train_gaps, posterior=posterior,
+                            encoder=_encoder_use(lik.encoder, test["x"], terms["amortised"]),
+                            prior_sampling=_reliability(lik.prior, p.prior_mc_samples, rate),
+                            iwae=_reliability(lik.iwae, p.iwae_samples))
     mixture = None
-    if train_draws is not None and "direct" in train_ais:
-        mixture = _mixture(decoders["direct"], train["x"], x_train, train_ais["direct"], train_draws, x)
-    result = Anatomy(vae=fits["vae"], direct=fits["direct"], mixture=mixture, by_class=_by_class(lik, test["y"], p))
-    return result, curve
+    if fit.train_draws is not None and train_ais is not None:
+        mixture = _mixture(fit.decoder, train["x"], x_train, train_ais, fit.train_draws, x)
+    test_columns = {f"{q}_neg_elbo": -t["elbo"] for q, t in terms.items()}
+    test_columns |= {"posterior_rate": rate, "posterior_distortion": -lik.ais.log_prob - rate}
+    return result, mixture, [{"fit": fit.name, **row} for row in rows], test_columns, train_columns

@@ -1,6 +1,7 @@
-"""Held-out likelihoods of both fits on the same images: prior sampling on every test image, IWAE on the
-first `iwae_images`, AIS on the first `ais_images` (checked by BDMC), the paired gaps between the fits,
-and each estimator against its cost. Every random draw comes from the passed generator, in a fixed order."""
+"""One fit's held-out likelihoods, per image: prior sampling on every test image, IWAE on the first
+`iwae_images` (through the fit's own encoder, or a post-hoc one), AIS on the first `ais_images` (checked
+by BDMC), and each estimator against its cost. Each block draws from its own stream (runtime.stream), so
+one block's draws never depend on another's, nor on the other fits."""
 
 from __future__ import annotations
 
@@ -15,33 +16,30 @@ from tqdm import tqdm
 
 from ..ais import AisPath, Schedule, ais_log_prob, ais_paths, bdmc
 from ..config import EvaluateParams
-from ..estimators import (
-    Sampled,
-    iwae_sampled,
-    paired_difference,
-    prior_mc_nll,
-    prior_mc_sampled,
-    standard_error,
-    vae_elbo,
-)
+from ..estimators import Sampled, iwae_sampled, prior_mc_nll, prior_mc_sampled, standard_error, vae_elbo_terms
+from ..modelfile import FitModel
 from ..models import VAE, Decoder
 from ..posthoc import posthoc_encoder
 from ..runtime import share_cpus
 from ..training import fit_vae, make_optimizer
-from .schema import Bdmc, BdmcPair, EstimatorRow, Fit, Gaps, TestScores, Verdict
-from .structure import entropy_floor
+from .reference import entropy_floor
+from .schema import Bdmc, TestScores
+
+Streams = Callable[[str], torch.Generator]  # a block's name -> its generator
 
 
 @dataclass
 class Likelihoods:
-    """Per-image log-likelihood estimates of each fit (with their weights' diagnostics and the AIS
-    path), and the post-hoc encoders they used."""
+    """One fit's per-image log-likelihood estimates (with their weights' diagnostics and the AIS path),
+    and the encoder its IWAE and structure use (its own, or one fitted post hoc to its frozen decoder)."""
 
-    posthoc: dict[str, VAE]  # an encoder for each frozen decoder, by fit
-    prior: dict[str, Sampled]  # log weights kept for the AIS images
-    iwae: dict[str, Sampled]  # "vae", "direct" (its post-hoc encoder), "vae_posthoc" (the control)
-    ais: dict[str, AisPath]
-    bdmc: dict[str, dict[str, float]]
+    encoder: VAE
+    posthoc: VAE  # fitted post hoc: for a fit without an encoder the same as `encoder`, else the control
+    prior: Sampled  # log weights kept for the AIS images
+    iwae: Sampled
+    iwae_posthoc: Sampled | None  # a fit with its own encoder, through the post-hoc one
+    ais: AisPath
+    bdmc: dict[str, float]
 
 
 def ais_schedule(p: EvaluateParams) -> Schedule:
@@ -50,8 +48,8 @@ def ais_schedule(p: EvaluateParams) -> Schedule:
 
 def fit_posthoc_encoder(decoder: Decoder, x_train: torch.Tensor, hidden: int, p: EvaluateParams,
                         g: torch.Generator, log: Callable[[dict[str, Any]], None]) -> VAE:
-    """An amortised Gaussian encoder fitted by the ELBO to a frozen decoder: the direct fit has none,
-    and the VAE's decoder gets one too, as a control of what such an encoder costs."""
+    """An amortised Gaussian encoder fitted by the ELBO to a frozen decoder: a fit without an encoder
+    needs one, and a fit with its own gets one too, as a control of what such an encoder costs."""
     model = posthoc_encoder(decoder, hidden)
     records = fit_vae(model, make_optimizer(model.encoder, p.encoder_lr), x_train, epochs=p.encoder_epochs,
                       batch_size=p.encoder_batch_size, generator=g, what="evaluate's post-hoc encoder",
@@ -62,10 +60,6 @@ def fit_posthoc_encoder(decoder: Decoder, x_train: torch.Tensor, hidden: int, p:
     return model.eval()
 
 
-def _prefixed(log: Callable[[dict[str, Any], str], None], prefix: str) -> Callable[[dict[str, Any]], None]:
-    return lambda record: log(record, prefix)
-
-
 def _iwae(model: VAE, x: torch.Tensor, ks: list[int], g: torch.Generator, batch_size: int = 32) -> Sampled:
     parts = [iwae_sampled(model, y, ks, g) for y in x.split(batch_size)]
     return Sampled({k: torch.cat([part.log_p[k] for part in parts]) for k in parts[0].log_p},
@@ -73,69 +67,68 @@ def _iwae(model: VAE, x: torch.Tensor, ks: list[int], g: torch.Generator, batch_
                                                                        for part in parts]))
 
 
-def likelihoods(decoders: dict[str, Decoder], vae: VAE, x_train: torch.Tensor, x: torch.Tensor, p: EvaluateParams,
-                *, hidden: int, g: torch.Generator, log: Callable[[dict[str, Any], str], None]) -> Likelihoods:
-    posthoc = {name: fit_posthoc_encoder(dec, x_train, hidden, p, g, _prefixed(log, f"posthoc_{name}."))
-               for name, dec in decoders.items()}
+def likelihoods(fit: FitModel, x_train: torch.Tensor, x: torch.Tensor, p: EvaluateParams, streams: Streams,
+                shared: Streams, log: Callable[[dict[str, Any]], None]) -> Likelihoods:
+    """`streams(block)`: this fit's stream of a block; `shared(block)`: one stream all fits share (their
+    prior-sampling draws: common random numbers make the paired gap tighter)."""
+    posthoc = fit_posthoc_encoder(fit.decoder, x_train, fit.hidden, p, streams("posthoc_encoder"), log)
+    encoder = fit.encoder if fit.encoder is not None else posthoc
     share_cpus()  # between long steps: a neighbouring stage may have started or ended
-    draws = torch.randn(p.prior_mc_samples, vae.decoder.z_dim, generator=g, device=x.device)
-    sizes = [*p.prior_mc_curve, len(draws)]
-    prior = {name: prior_mc_sampled(dec, x, draws, sizes, p.batch_size, keep=p.ais_images)
-             for name, dec in decoders.items()}
+    draws = torch.randn(p.prior_mc_samples, fit.decoder.z_dim, generator=shared("prior_mc"), device=x.device)
+    prior = prior_mc_sampled(fit.decoder, x, draws, [*p.prior_mc_curve, len(draws)], p.batch_size, keep=p.ais_images)
     ks = [*p.iwae_curve, p.iwae_samples]
-    iwae_models = {"vae": vae, "direct": posthoc["direct"], "vae_posthoc": posthoc["vae"]}
-    iwae = {name: _iwae(model, x[: p.iwae_images], ks, g) for name, model in iwae_models.items()}
+    iwae = _iwae(encoder, x[: p.iwae_images], ks, streams("iwae"))
+    control = None if fit.encoder is None else _iwae(posthoc, x[: p.iwae_images], ks, streams("iwae_posthoc"))
     share_cpus()
-    schedule, ais_x = ais_schedule(p), x[: p.ais_images]
-    ais = {name: ais_paths(dec, ais_x, batch_size=p.ais_batch_size, chains=p.ais_chains, schedule=schedule,
-                           generator=g, tick=share_cpus) for name, dec in tqdm(decoders.items(), desc="AIS", leave=False)}
+    schedule = ais_schedule(p)
+    ais = ais_paths(fit.decoder, x[: p.ais_images], batch_size=p.ais_batch_size, chains=p.ais_chains,
+                    schedule=schedule, generator=streams("ais"), tick=share_cpus)
     share_cpus()
-    checks = {name: bdmc(dec, p.bdmc_images, chains=p.ais_chains, schedule=schedule, generator=g,
-                         batch_size=p.ais_batch_size, tick=share_cpus) for name, dec in decoders.items()}
-    return Likelihoods(posthoc, prior, iwae, ais, checks)
+    check = bdmc(fit.decoder, p.bdmc_images, chains=p.ais_chains, schedule=schedule, generator=streams("bdmc"),
+                 batch_size=p.ais_batch_size, tick=share_cpus)
+    return Likelihoods(encoder, posthoc, prior, iwae, control, ais, check)
 
 
-def scores(lik: Likelihoods, vae: VAE, direct: Decoder, x: torch.Tensor, p: EvaluateParams, g: torch.Generator,
-           train_draws: torch.Tensor | None) -> tuple[Fit, Fit, Gaps, Verdict, BdmcPair]:
-    """Both fits' test scores, their paired gaps, and every estimator on the verdict's images."""
-    m_all, k_all, n = p.prior_mc_samples, p.iwae_samples, p.ais_images
-    nll = {"ais": {f: -lik.ais[f].log_prob for f in ("vae", "direct")},
-           "iwae": {f: -lik.iwae[f].log_p[k_all] for f in ("vae", "direct")},
-           "prior_mc": {f: -lik.prior[f].log_p[m_all] for f in ("vae", "direct")}}
-    floor = entropy_floor(x[: p.ais_images])
-    common = {f: {"ais_nll": nll["ais"][f].mean().item(), "ais_nll_se": standard_error(nll["ais"][f]),
-                  "iwae_nll": nll["iwae"][f].mean().item(), "iwae_nll_se": standard_error(nll["iwae"][f]),
-                  "prior_mc_nll": nll["prior_mc"][f].mean().item(), "excess": nll["ais"][f].mean().item() - floor}
-              for f in ("vae", "direct")}
-    elbo = vae_elbo(vae, x, g, p.batch_size)
-    vae_test = TestScores(**common["vae"], neg_elbo=elbo["neg_elbo"], rec=elbo["rec"], kl=elbo["kl"],
-                          iwae_nll_posthoc=-lik.iwae["vae_posthoc"].log_p[k_all].mean().item())
-    direct_test = TestScores(**common["direct"], train_draws_nll=None if train_draws is None else
-                             prior_mc_nll(direct, x, train_draws, p.batch_size))
-    gaps = Gaps(**{est: paired_difference(v["direct"], v["vae"]) for est, v in nll.items()})
-    verdict = Verdict(**{est: EstimatorRow(vae=v["vae"][:n].mean().item(), direct=v["direct"][:n].mean().item(),
-                                           **dataclasses.asdict(paired_difference(v["direct"][:n], v["vae"][:n])))
-                         for est, v in nll.items()})
-    checks = BdmcPair(vae=Bdmc(**lik.bdmc["vae"]), direct=Bdmc(**lik.bdmc["direct"]))
-    return Fit(vae_test), Fit(direct_test), gaps, verdict, checks
+def test_scores(fit: FitModel, lik: Likelihoods, x: torch.Tensor, p: EvaluateParams,
+                streams: Streams) -> tuple[TestScores, Bdmc, dict[str, torch.Tensor]]:
+    """The fit's test scores, its BDMC check, and its per-image columns (NaN past an estimator's images)."""
+    nll = {"ais": -lik.ais.log_prob, "iwae": -lik.iwae.log_p[p.iwae_samples],
+           "prior_mc": -lik.prior.log_p[p.prior_mc_samples]}
+    extra: dict[str, Any] = {}
+    columns = {f"prior_mc_{m}": -v for m, v in lik.prior.log_p.items()}
+    columns |= {f"iwae_{k}": -v for k, v in lik.iwae.log_p.items()} | {"ais": nll["ais"]}
+    if fit.encoder is not None:
+        rec, kl = vae_elbo_terms(fit.encoder, x, streams("elbo"), p.batch_size)
+        extra |= {"neg_elbo": (rec + kl).mean().item(), "rec": rec.mean().item(), "kl": kl.mean().item()}
+        columns |= {"rec": rec, "kl": kl}
+    if lik.iwae_posthoc is not None:
+        posthoc = -lik.iwae_posthoc.log_p[p.iwae_samples]
+        extra["iwae_nll_posthoc"] = posthoc.mean().item()
+        columns[f"iwae_posthoc_{p.iwae_samples}"] = posthoc
+    if fit.train_draws is not None:
+        extra["train_draws_nll"] = prior_mc_nll(fit.decoder, x, fit.train_draws, p.batch_size)
+    scores = TestScores(ais_nll=nll["ais"].mean().item(), ais_nll_se=standard_error(nll["ais"]),
+                        iwae_nll=nll["iwae"].mean().item(), iwae_nll_se=standard_error(nll["iwae"]),
+                        prior_mc_nll=nll["prior_mc"].mean().item(),
+                        excess=nll["ais"].mean().item() - entropy_floor(x[: p.ais_images]), **extra)
+    return scores, Bdmc(**lik.bdmc), columns
 
 
-def estimator_curves(decoders: dict[str, Decoder], x: torch.Tensor, lik: Likelihoods, p: EvaluateParams,
-                     g: torch.Generator) -> list[dict[str, Any]]:
+def estimator_curve(fit: FitModel, x: torch.Tensor, lik: Likelihoods, p: EvaluateParams,
+                    g: torch.Generator) -> list[dict[str, Any]]:
     """Each estimator's NLL against its cost (decoder passes per image), on the same first images:
     prior sampling against M, IWAE against k, AIS against the length of its schedule."""
     n, rows = len(x), []
-    for name, dec in decoders.items():
-        for m, log_p in lik.prior[name].log_p.items():
-            rows.append({"estimator": "prior", "fit": name, "cost": m, "nll": -log_p[:n].mean().item()})
-        for k, log_p in lik.iwae[name].log_p.items():
-            rows.append({"estimator": "iwae", "fit": name, "cost": k, "nll": -log_p[:n].mean().item()})
-        lengths: dict[int, torch.Tensor | None] = dict.fromkeys(p.ais_curve_steps)
-        lengths[p.ais_steps] = lik.ais[name].log_prob[:n]
-        for steps, known in sorted(lengths.items()):
-            schedule = dataclasses.replace(ais_schedule(p), steps=steps)
-            log_p = known if known is not None else ais_log_prob(dec, x, chains=p.ais_chains, schedule=schedule,
-                                                                 generator=g, tick=share_cpus)
-            rows.append({"estimator": "ais", "fit": name, "cost": schedule.likelihood_evaluations(p.ais_chains),
-                         "nll": -log_p.mean().item(), "steps": steps})
+    for m, log_p in lik.prior.log_p.items():
+        rows.append({"estimator": "prior", "fit": fit.name, "cost": m, "nll": -log_p[:n].mean().item()})
+    for k, log_p in lik.iwae.log_p.items():
+        rows.append({"estimator": "iwae", "fit": fit.name, "cost": k, "nll": -log_p[:n].mean().item()})
+    lengths: dict[int, torch.Tensor | None] = dict.fromkeys(p.ais_curve_steps)
+    lengths[p.ais_steps] = lik.ais.log_prob[:n]
+    for steps, known in sorted(lengths.items()):
+        schedule = dataclasses.replace(ais_schedule(p), steps=steps)
+        log_p = known if known is not None else ais_log_prob(fit.decoder, x, chains=p.ais_chains, schedule=schedule,
+                                                             generator=g, tick=share_cpus)
+        rows.append({"estimator": "ais", "fit": fit.name, "cost": schedule.likelihood_evaluations(p.ais_chains),
+                     "nll": -log_p.mean().item(), "steps": steps})
     return rows

@@ -1,58 +1,85 @@
-"""`evaluate`: every number of the evaluate stage, in the order its random draws are taken."""
+"""`evaluate_fit`: every number of one fit's evaluate stage (`evaluate@<fit>`). Each block draws from its
+own stream, derived from `evaluate.seed`, the fit's name and the block's name (runtime.stream), so a block
+added, removed or moved, or another fit, changes none of this fit's numbers."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from ..config import EvaluateParams
-from ..models import VAE, Decoder
-from ..runtime import share_cpus
+from ..modelfile import FitModel
+from ..posthoc import Classifier
+from ..runtime import share_cpus, stream
 from .anatomy import anatomy
-from .likelihoods import estimator_curves, likelihoods, scores
-from .schema import Data, DataTest, Details
-from .structure import denoising, entropy_floor, latent_structure, sample_quality
+from .likelihoods import Likelihoods, estimator_curve, likelihoods, test_scores
+from .schema import FitScores
+from .structure import denoising, latent_structure, sample_fd
+
+RD_COLUMNS = ["fit", "beta", "rate", "distortion"]
 
 
 @dataclass
-class Evaluation:
-    """What the evaluate stage writes: every number (the headline is a few of them) and the rows of its
-    CSV curves."""
+class FitEvaluation:
+    """What one fit's evaluate stage writes: its numbers, its per-image results (one row per test image, and
+    per training image of the anatomy; NaN where an estimator did not run), and the rows of its curves."""
 
-    details: Details
-    prior_curve: list[dict[str, float]]
-    denoise: list[dict[str, float]]
+    scores: FitScores
+    images: pd.DataFrame
     estimators: list[dict[str, Any]]
     rate_distortion: list[dict[str, Any]]  # empty with evaluate.anatomy off
+    likelihoods: Likelihoods  # kept for the figure data: the encoder the fit's figures use
 
 
-def evaluate(vae: VAE, direct: Decoder, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor],
-             p: EvaluateParams, *, hidden: int, generator: torch.Generator, train_draws: torch.Tensor | None = None,
-             log: Callable[[dict[str, Any], str], None] = lambda record, prefix: None) -> Evaluation:
-    """Both fits on one footing. `train_draws` are the direct fit's own M training draws if it kept them;
-    `log(record, prefix)` receives the post-hoc encoders' epoch records."""
-    start, g = time.perf_counter(), generator
-    x_train, x = train["x"], test["x"]
-    decoders = {"vae": vae.decoder, "direct": direct}
-    lik = likelihoods(decoders, vae, x_train, x, p, hidden=hidden, g=g, log=log)
+def _per_image(columns: dict[str, torch.Tensor], labels: torch.Tensor, split: str) -> pd.DataFrame:
+    n = len(labels)
+    frame = pd.DataFrame({"split": split, "image": np.arange(n), "label": labels.cpu().numpy()})
+    for name, values in columns.items():
+        column = np.full(n, np.nan)
+        column[: len(values)] = values.detach().cpu().numpy().astype(np.float64)
+        frame[name] = column
+    return frame
+
+
+def evaluate_fit(fit: FitModel, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor], p: EvaluateParams, *,
+                 classifier: Classifier, reference: tuple[np.ndarray, np.ndarray], model_md5: str = "",
+                 log: Callable[[dict[str, Any], str], None] = lambda record, prefix: None) -> FitEvaluation:
+    """One fit on the test images. `classifier` and `reference` (the test images' feature mean and
+    covariance) come from the reference stage; `log(record, prefix)` receives the post-hoc encoder's epochs."""
+    start, x_train, x = time.perf_counter(), train["x"], test["x"]
+    device = x.device
+
+    def own(block: str) -> torch.Generator:
+        return stream(p.seed, fit.name, block, device=device)
+
+    def shared(block: str) -> torch.Generator:  # common random numbers: the same draws for every fit
+        return stream(p.seed, block, device=device)
+
+    lik = likelihoods(fit, x_train, x, p, own, shared, lambda record: log(record, "posthoc."))
     share_cpus()  # between long steps: a neighbouring stage may have started or ended
-    vae_fit, direct_fit, gaps, verdict, checks = scores(lik, vae, direct, x, p, g, train_draws)
-    denoise = denoising(vae, direct, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, g)
-    latent = latent_structure({"vae": vae, "direct": lik.posthoc["direct"]}, x_train, train["y"], x, test["y"], p)
+    scores, check, columns = test_scores(fit, lik, x, p, own)
+    denoise = denoising(fit, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, shared)
+    latent = latent_structure(lik.encoder, x_train, train["y"], x, test["y"], p)
     share_cpus()
-    samples = sample_quality(decoders, train, test, p, g)
-    curve = estimator_curves(decoders, x[: p.ais_curve_images], lik, p, g)
-    why, rd_curve = None, list[dict[str, Any]]()
-    if p.anatomy:  # last: its draws come after every other number's, which stay the same without it
-        why, rd_curve = anatomy(decoders, {"vae": vae, "direct": lik.posthoc["direct"]}, lik, train, test, p, g,
-                                train_draws)
-    details = Details(vae=vae_fit, direct=direct_fit, gap=gaps, verdict=verdict, bdmc=checks,
-                      data=Data(DataTest(entropy_floor(x))), denoise=denoise, latent=latent, samples=samples,
-                      seconds=time.perf_counter() - start, anatomy=why)
-    prior_curve = [{"samples": m, "vae": -lik.prior["vae"].log_p[m].mean().item(),
-                    "direct": -lik.prior["direct"].log_p[m].mean().item()} for m in sorted(lik.prior["vae"].log_p)]
-    return Evaluation(details, prior_curve, [asdict(d) for d in denoise.values()], curve, rd_curve)
+    fd = sample_fd(fit.decoder, classifier, reference, min(p.fid_samples, len(x)), own("samples"))
+    curve = estimator_curve(fit, x[: p.ais_curve_images], lik, p, own("ais_curve"))
+    why = mixture = None
+    rd_curve: list[dict[str, Any]] = []
+    train_columns: dict[str, torch.Tensor] = {}
+    if p.anatomy:
+        why, mixture, rd_curve, test_more, train_columns = anatomy(fit, lik, train, test, p, own)
+        columns |= test_more
+    images = _per_image(columns, test["y"], "test")
+    if train_columns:
+        n = len(next(iter(train_columns.values())))
+        images = pd.concat([images, _per_image(train_columns, train["y"][:n], "train")], ignore_index=True)
+    result = FitScores(fit=fit.name, own_encoder=fit.encoder is not None, model_md5=model_md5, test=scores,
+                       bdmc=check, denoise=denoise, latent=latent, sample_fd=fd,
+                       seconds=time.perf_counter() - start, anatomy=why, mixture=mixture)
+    return FitEvaluation(result, images, curve, rd_curve, lik)

@@ -1,7 +1,10 @@
-"""The evaluate stage's numbers, one schema: what `metrics/evaluate_details.json` holds (nested by fit,
-`vae.test.ais_nll`), the headline `dvc exp show` lists, and the helpers everything that reads them
-shares (one interval, one verdict, one number format). The stage writes these types; the report, the
-figures, the sweep summary and the tests read them back with `Details.from_dict`.
+"""The evaluation's numbers, one schema: what each `evaluate@<fit>` stage writes for its fit
+(`metrics/<fit>/scores.json`, a `FitScores`), what the reference stage writes for the data alone
+(`metrics/reference.json`), and the comparison the final stage writes (`metrics/comparison_details.json`,
+a `Details`: every fit's numbers keyed by name, and each fit's paired gaps to the baseline), with the
+headline `dvc exp show` lists and the helpers everything that reads them shares (one interval, one
+verdict, one number format). The report, the figures, the sweep summary and the tests read them back
+with `from_dict`.
 
 Numpy and scipy only: the sweep reads this without loading torch."""
 
@@ -15,7 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .why import Anatomy, Interval
+from ..fits import BASELINE, CHALLENGER, gap_key, label
+from .why import ClassGap, DecoderAnatomy, Interval, Mixture
 from .why import interval as interval  # re-exported: the one interval every module uses
 
 T = TypeVar("T")
@@ -28,10 +32,10 @@ def fmt(value: float | None, se: float | None = None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None and not math.isnan(se) else "")
 
 
-def verdict(gap: Interval, over: str) -> tuple[str, str]:
-    """Which fit is better by `gap` (direct - VAE, nats) and by how much, with its interval: (sentence,
+def verdict(gap: Interval, over: str, fit: str = CHALLENGER, baseline: str = BASELINE) -> tuple[str, str]:
+    """Which fit is better by `gap` (fit - baseline, nats) and by how much, with its interval: (sentence,
     the fit that loses). `over` names what the interval runs over ("100 test images", "5 seeds")."""
-    better, worse = ("VAE", "direct fit") if gap.mean > 0 else ("direct fit", "VAE")
+    better, worse = (label(baseline), label(fit)) if gap.mean > 0 else (label(fit), label(baseline))
     sign = 1 if gap.mean > 0 else -1  # the interval of the winner's advantage
     low, high = sorted((sign * gap.lo, sign * gap.hi))
     unsure = " (the interval includes 0: no clear winner)" if gap.lo <= 0 <= gap.hi and gap.images > 1 else ""
@@ -45,25 +49,86 @@ class TestScores:
 
     ais_nll: float
     ais_nll_se: float
-    iwae_nll: float
+    iwae_nll: float  # through the fit's own encoder, or a post-hoc one for a fit without
     iwae_nll_se: float
     prior_mc_nll: float
     excess: float  # AIS NLL above the entropy floor of the same images
-    neg_elbo: float | None = None  # the VAE's own bound and its terms
+    neg_elbo: float | None = None  # a fit with its own encoder: its bound and its terms
     rec: float | None = None
     kl: float | None = None
-    iwae_nll_posthoc: float | None = None  # the VAE's decoder through a post-hoc encoder (the control)
-    train_draws_nll: float | None = None  # the direct fit's objective with its own M training draws
+    iwae_nll_posthoc: float | None = None  # a fit with its own encoder, through a post-hoc one (the control)
+    train_draws_nll: float | None = None  # a fit that kept its M training draws: its objective with them
 
 
 @dataclass(frozen=True)
-class Fit:
+class Bdmc:
+    upper_nll: float
+    lower_nll: float
+    gap: float  # bounds the AIS error at this schedule
+    gap_se: float
+
+
+@dataclass(frozen=True)
+class Denoise:
+    flip_prob: float
+    bce: float  # of the reconstruction against the clean image, nats per image
+    mse: float  # per pixel
+
+
+def flip_key(prob: float) -> str:
+    """A metric key without dots, so `dvc exp show` columns stay unambiguous: 0.02 -> 'flip_0_02'."""
+    return "flip_" + f"{prob:g}".replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Latent:
+    knn_accuracy: float
+    silhouette: float
+
+
+@dataclass(frozen=True)
+class FitScores:
+    """Every number of one fit's evaluate stage: metrics/<fit>/scores.json."""
+
+    fit: str
+    own_encoder: bool  # reconstructs through its own encoder (else: searches prior draws)
+    model_md5: str  # the model file it measured (the registry finds its version by it)
     test: TestScores
+    bdmc: Bdmc
+    denoise: dict[str, Denoise]
+    latent: Latent
+    sample_fd: float  # Frechet distance of prior samples to test images, in the reference classifier's features
+    seconds: float
+    anatomy: DecoderAnatomy | None = None  # off with evaluate.anatomy: false
+    mixture: Mixture | None = None  # a fit that kept its M training draws
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FitScores:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the data alone score (the reference stage): metrics/reference.json."""
+
+    entropy_floor: float  # mean sum_j H(y_j) over the test images: no Bernoulli model scores them below it
+    classifier_accuracy: float  # the feature classifier of the Frechet distance, on the test images
+    data_fd: float  # Frechet distance real train vs real test: the floor of sample_fd
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reference:
+        return _build(cls, data)
 
 
 @dataclass(frozen=True)
 class Gaps:
-    """direct - VAE per image, paired: positive means the VAE's decoder is the better model."""
+    """fit - baseline per image, paired: positive means the baseline's decoder is the better model."""
 
     ais: Interval
     iwae: Interval
@@ -72,10 +137,10 @@ class Gaps:
 
 @dataclass(frozen=True)
 class EstimatorRow:
-    """One estimator on the verdict's images: both NLLs and their paired gap."""
+    """One estimator on the verdict's images (the AIS images): both NLLs and their paired gap."""
 
-    vae: float
-    direct: float
+    fit: float
+    baseline: float
     mean: float
     se: float
     lo: float
@@ -95,83 +160,25 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class Bdmc:
-    upper_nll: float
-    lower_nll: float
-    gap: float  # bounds the AIS error at this schedule
-    gap_se: float
+class Pair:
+    """One fit against the baseline, paired on the same images."""
+
+    gap: Gaps  # each estimator on all its images
+    verdict: Verdict  # each estimator on the AIS images
+    by_class: dict[str, ClassGap]
 
 
-@dataclass(frozen=True)
-class BdmcPair:
-    vae: Bdmc
-    direct: Bdmc
-
-
-@dataclass(frozen=True)
-class DataTest:
-    entropy_floor: float  # mean sum_j H(y_j): no Bernoulli model scores grayscale images below it
-
-
-@dataclass(frozen=True)
-class Data:
-    test: DataTest
-
-
-@dataclass(frozen=True)
-class Denoise:
-    flip_prob: float
-    vae_bce: float
-    direct_bce: float
-    vae_mse: float
-    direct_mse: float
-
-
-def flip_key(prob: float) -> str:
-    """A metric key without dots, so `dvc exp show` columns stay unambiguous: 0.02 -> 'flip_0_02'."""
-    return "flip_" + f"{prob:g}".replace(".", "_")
-
-
-@dataclass(frozen=True)
-class Latent:
-    knn_accuracy: float
-    silhouette: float
-
-
-@dataclass(frozen=True)
-class LatentPair:
-    vae: Latent
-    direct: Latent
-
-
-@dataclass(frozen=True)
-class Fid:
-    fid: float
-
-
-@dataclass(frozen=True)
-class Samples:
-    classifier_accuracy: float
-    data_fid: float  # real train vs real test: the floor
-    vae: Fid
-    direct: Fid
+ESTIMATORS = ("ais", "iwae", "prior_mc")
 
 
 @dataclass(frozen=True)
 class Details:
-    """Every number of the evaluate stage: metrics/evaluate_details.json."""
+    """The comparison: every fit's numbers by name, the data's, and each fit against the baseline."""
 
-    vae: Fit
-    direct: Fit
-    gap: Gaps
-    verdict: Verdict
-    bdmc: BdmcPair
-    data: Data
-    denoise: dict[str, Denoise]
-    latent: LatentPair
-    samples: Samples
-    seconds: float
-    anatomy: Anatomy | None = None
+    baseline: str
+    fits: dict[str, FitScores]
+    reference: Reference
+    pairs: dict[str, Pair]  # by fit, every fit but the baseline
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -180,31 +187,71 @@ class Details:
     def from_dict(cls, data: Mapping[str, Any]) -> Details:
         return _build(cls, data)
 
+    @property
+    def challenger(self) -> str:
+        """The fit the headline's `gap` and the report's first sentence are about."""
+        return CHALLENGER if CHALLENGER in self.pairs else next(iter(self.pairs))
+
     def headline(self) -> dict[str, Any]:
-        """metrics/evaluate.json, the columns `dvc exp show` lists: nested so they read `ais.gap`."""
-        return {"ais": {"vae": self.vae.test.ais_nll, "direct": self.direct.test.ais_nll, "gap": self.gap.ais.mean},
-                "iwae": {"vae": self.vae.test.iwae_nll, "direct": self.direct.test.iwae_nll,
-                         "gap": self.gap.iwae.mean},
-                "nelbo": {"vae": self.vae.test.neg_elbo},
-                "prior": {"direct": self.direct.test.prior_mc_nll}}
+        """metrics/comparison.json, the columns `dvc exp show` lists: nested so they read `ais.gap`."""
+        out: dict[str, dict[str, float]] = {"ais": {}, "iwae": {}, "nelbo": {}, "prior": {}}
+        for name, f in self.fits.items():
+            out["ais"][name], out["iwae"][name], out["prior"][name] = f.test.ais_nll, f.test.iwae_nll, f.test.prior_mc_nll
+            if f.test.neg_elbo is not None:
+                out["nelbo"][name] = f.test.neg_elbo
+        for name, pair in self.pairs.items():
+            out["ais"][gap_key(name)], out["iwae"][gap_key(name)] = pair.gap.ais.mean, pair.gap.iwae.mean
+        return out
 
 
-# The numbers a sweep summarises over seeds: name -> (label, how to read it from Details).
-SUMMARY: dict[str, tuple[str, Callable[[Details], float | None]]] = {
-    "ais.gap": ("gap direct - VAE, AIS NLL", lambda d: d.gap.ais.mean),
-    "iwae.gap": ("gap direct - VAE, IWAE NLL", lambda d: d.gap.iwae.mean),
-    "ais.vae": ("AIS NLL, VAE", lambda d: d.vae.test.ais_nll),
-    "ais.direct": ("AIS NLL, direct", lambda d: d.direct.test.ais_nll),
-    "iwae.vae": ("IWAE NLL, VAE", lambda d: d.vae.test.iwae_nll),
-    "iwae.direct": ("IWAE NLL, direct", lambda d: d.direct.test.iwae_nll),
-    "prior.vae": ("prior-sampling NLL, VAE", lambda d: d.vae.test.prior_mc_nll),
-    "prior.direct": ("prior-sampling NLL, direct", lambda d: d.direct.test.prior_mc_nll),
-    "nelbo.vae": ("test -ELBO, VAE", lambda d: d.vae.test.neg_elbo),
-    "knn.vae": ("kNN accuracy of latent means, VAE", lambda d: d.latent.vae.knn_accuracy),
-    "knn.direct": ("kNN accuracy of latent means, direct", lambda d: d.latent.direct.knn_accuracy),
-    "fd.vae": ("sample Frechet distance, VAE", lambda d: d.samples.vae.fid),
-    "fd.direct": ("sample Frechet distance, direct", lambda d: d.samples.direct.fid),
-}
+def walk(d: Details) -> list[tuple[str, float]]:
+    """From the challenger's training objective (its M fixed draws) to the baseline's AIS NLL and back up to
+    the baseline's own bound, on the verdict's test images: (label, NLL) stops. Empty without an anatomy."""
+    fit, base = d.challenger, d.fits[d.baseline]
+    if base.anatomy is None:
+        return []
+    rows, mixture, b = d.pairs[fit].verdict, d.fits[fit].mixture, base.anatomy.test
+    stops = [(f"{label(fit)}: its training objective (its M fixed draws)",
+              mixture.test_objective_nll if mixture is not None else None),
+             (f"{label(fit)}: prior sampling (fresh draws)", rows.prior_mc.fit),
+             (f"{label(fit)}: AIS NLL", rows.ais.fit),
+             (f"{label(d.baseline)}: AIS NLL", b.ais),
+             (f"{label(d.baseline)}: best full-covariance Gaussian -ELBO", b.optimised_full),
+             (f"{label(d.baseline)}: best diagonal Gaussian -ELBO", b.optimised),
+             (f"{label(d.baseline)}: its encoder's -ELBO", b.amortised)]
+    return [(text, value) for text, value in stops if value is not None]
+
+
+Read = Callable[["Details"], "float | None"]
+
+
+def _gap_reader(name: str, estimator: str) -> Read:
+    return lambda d: getattr(d.pairs[name].gap, estimator).mean if name in d.pairs else None
+
+
+def _fit_reader(name: str, read: Callable[[FitScores], float | None]) -> Read:
+    return lambda d: read(d.fits[name]) if name in d.fits else None
+
+
+FIT_SUMMARY: list[tuple[str, str, Callable[[FitScores], float | None]]] = [
+    ("ais", "AIS NLL", lambda f: f.test.ais_nll), ("iwae", "IWAE NLL", lambda f: f.test.iwae_nll),
+    ("prior", "prior-sampling NLL", lambda f: f.test.prior_mc_nll), ("nelbo", "test -ELBO", lambda f: f.test.neg_elbo),
+    ("knn", "kNN accuracy of latent means", lambda f: f.latent.knn_accuracy),
+    ("fd", "sample Frechet distance", lambda f: f.sample_fd)]
+
+
+def summary_metrics(details: Details) -> dict[str, tuple[str, Read]]:
+    """The numbers a sweep summarises over seeds: name (as `dvc exp show` spells it) -> (label, reader)."""
+    out: dict[str, tuple[str, Read]] = {}
+    for name in details.pairs:
+        for key, what in (("ais", "AIS NLL"), ("iwae", "IWAE NLL")):
+            out[f"{key}.{gap_key(name)}"] = (f"gap {label(name)} - {label(details.baseline)}, {what}",
+                                             _gap_reader(name, key))
+    for key, what, read in FIT_SUMMARY:
+        for name, fit in details.fits.items():
+            if read(fit) is not None:
+                out[f"{key}.{name}"] = (f"{what}, {label(name)}", _fit_reader(name, read))
+    return out
 
 
 def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:

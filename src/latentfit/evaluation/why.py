@@ -1,13 +1,12 @@
-"""Why one decoder wins: the evaluate stage's `anatomy` numbers (metrics/evaluate_details.json's
-`anatomy`), and the walk from the direct fit's training objective to the VAE's AIS NLL that the report
-and its figure share. Also the one interval every paired number here uses. Numpy and scipy only."""
+"""Why one decoder wins: each fit's `anatomy` numbers (metrics/<fit>/scores.json's `anatomy` and
+`mixture`) and the gap by class of the comparison. Also the one interval every paired number here uses.
+Numpy and scipy only."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -119,30 +118,3 @@ class ClassGap:
 
     ais: Interval
     iwae: Interval
-
-
-@dataclass(frozen=True)
-class Anatomy:
-    """Why one decoder wins: the evaluate stage's `anatomy` (off with evaluate.anatomy: false)."""
-
-    vae: DecoderAnatomy
-    direct: DecoderAnatomy
-    mixture: Mixture | None  # when the direct fit kept its training draws
-    by_class: dict[str, ClassGap]
-
-
-
-
-def walk(d: Any) -> list[tuple[str, float]]:
-    """From the direct fit's training objective (its M fixed draws) to the VAE's AIS NLL and back up to the
-    VAE's own bound, on the verdict's test images: (label, NLL) stops, from Details with an anatomy."""
-    vae = d.anatomy.vae.test
-    stops = [("direct: its training objective (its M fixed draws)", d.anatomy.mixture.test_objective_nll
-              if d.anatomy.mixture is not None else None),
-             ("direct: prior sampling (fresh draws)", d.verdict.prior_mc.direct),
-             ("direct: AIS NLL", d.verdict.ais.direct),
-             ("VAE: AIS NLL", vae.ais),
-             ("VAE: best full-covariance Gaussian -ELBO", vae.optimised_full),
-             ("VAE: best diagonal Gaussian -ELBO", vae.optimised),
-             ("VAE: its encoder's -ELBO", vae.amortised)]
-    return [(label, value) for label, value in stops if value is not None]

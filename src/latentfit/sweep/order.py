@@ -8,7 +8,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .grid import Run
+from .grid import SEED_KEYS, Run
 
 
 def stage_params(repo: Path) -> dict[str, set[str]]:
@@ -29,7 +29,8 @@ def stage_params(repo: Path) -> dict[str, set[str]]:
 def leaders(runs: list[Run], closure: dict[str, set[str]]) -> dict[str, list[str]]:
     """For each run, the earlier runs that compute one of its stages with the same params. It starts
     after them and takes that stage from the run cache (in a z_dim x M grid, train_vae runs once per
-    z_dim and seed). A stage that every run shares is left alone: nobody would start."""
+    z_dim and seed). A stage that every run shares is left alone: nobody would start; so is one that runs
+    share through their seed alone (the reference stage: cheap, and waiting would serialise the grid)."""
 
     def relevant(key: str, params: set[str]) -> bool:
         return any(key == p or key.startswith(p + ".") for p in params)
@@ -38,7 +39,8 @@ def leaders(runs: list[Run], closure: dict[str, set[str]]) -> dict[str, list[str
     for run in runs:
         for stage, params in closure.items():
             signature = tuple(sorted((k, json.dumps(v)) for k, v in run.overrides.items() if relevant(k, params)))
-            groups[(stage, signature)].append(run.name)
+            if any(k not in SEED_KEYS for k, _ in signature):
+                groups[(stage, signature)].append(run.name)
     waits: dict[str, list[str]] = {run.name: [] for run in runs}
     for members in groups.values():
         if 1 < len(members) < len(runs):

@@ -13,13 +13,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatentfitError
-from ..evaluation.schema import SUMMARY, Details, Interval, fmt, interval, verdict
+from ..evaluation.schema import Details, Interval, fmt, interval, summary_metrics, verdict
+from ..fits import BASELINE, label
 from ..io import save_figure, write_text
 from .grid import point_label
 from .repo import exp_ref, landed, read_json
 from .spec import reported
 
-DETAILS = "metrics/evaluate_details.json"  # the evaluate stage's numbers, in every landed experiment
+DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
 def seed_statistics(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation and the 95% t-interval of the mean over seeds (NaN with one seed)."""
@@ -31,31 +32,35 @@ def seed_statistics(values: list[float]) -> dict[str, float]:
 
 
 def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> pd.DataFrame:
-    """One row per landed run: its grid point, seed and summary metrics, read from the evaluate stage's
-    numbers its experiment holds (through DVC, with the schema that wrote them)."""
+    """One row per landed run: its grid point, seed and summary metrics, read from the comparison's
+    numbers its experiment holds (through DVC, with the schema that wrote them). The metrics' labels are
+    in `.attrs["labels"]`."""
     present = landed(repo, commit)
-    rows = []
+    rows, labels = [], {}
     for run in plan["runs"]:
         if run["name"] not in present:
             continue
         found = read_json(repo, exp_ref(commit, run["name"]), DETAILS)
         details = Details.from_dict(found) if found else None
         row = {"run": run["name"], "point": point_label(run["point"].items()), **run["point"], "seed": run["seed"]}
-        for metric, (_, read) in SUMMARY.items():
-            value = read(details) if details else None
-            row[metric] = math.nan if value is None else float(value)
+        if details is not None:
+            for metric, (text, read) in summary_metrics(details).items():
+                value = read(details)
+                row[metric], labels[metric] = math.nan if value is None else float(value), text
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["labels"] = labels
+    return frame
 
 
 def statistics(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table: one row per grid point and metric, with n, mean, sd and the 95% interval."""
     rows = []
     for point, group in runs.groupby("point", sort=False):
-        for metric, (label, _) in SUMMARY.items():
+        for metric, text in runs.attrs.get("labels", {}).items():
             values = group[metric].dropna().tolist()
             if values:
-                rows.append({"point": point, "metric": metric, "label": label, **seed_statistics(values)})
+                rows.append({"point": point, "metric": metric, "label": text, **seed_statistics(values)})
     return pd.DataFrame(rows)
 
 
@@ -102,10 +107,12 @@ def figure(runs: pd.DataFrame, stats: pd.DataFrame, keys: list[str], path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("AIS NLL", {"VAE": "ais.vae", "direct": "ais.direct"}),
-              ("IWAE NLL", {"VAE": "iwae.vae", "direct": "iwae.direct"}),
-              ("prior-sampling NLL", {"VAE": "prior.vae", "direct": "prior.direct"}),
-              ("gap direct - VAE", {"AIS": "ais.gap", "IWAE": "iwae.gap"})]
+    metrics = list(stats["metric"].unique()) if len(stats) else []
+    fits = [m.split(".", 1)[1] for m in metrics if m.startswith("ais.") and not m.startswith("ais.gap")]
+    gaps = [m for m in metrics if m.split(".", 1)[1].startswith("gap")]
+    panels = [("AIS NLL", {label(f): f"ais.{f}" for f in fits}), ("IWAE NLL", {label(f): f"iwae.{f}" for f in fits}),
+              ("prior-sampling NLL", {label(f): f"prior.{f}" for f in fits}),
+              (f"gap to the {label(BASELINE)}", {m: m for m in gaps})]
     x_key, rest = (keys[0], keys[1:]) if keys else (None, [])
     points = runs.drop_duplicates("point")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)

@@ -1,0 +1,37 @@
+"""Stage: what the data alone score, computed once for every fit: the entropy floor of the test images, and
+the feature classifier (with the test images' feature statistics) that every fit's prior samples are
+compared against by Frechet distance. Depends on the data and its own params, never on a fit."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
+
+from latentfit.config import load_params, to_flat_dict
+from latentfit.evaluation.reference import reference
+from latentfit.io import load_split, save_torch, write_json
+from latentfit.posthoc import classifier_file
+from latentfit.runtime import pick_device, stage_main, stream
+from latentfit.tracking import stage_run
+
+TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
+CLASSIFIER, METRICS = "models/classifier.pt", "metrics/reference.json"
+
+
+@stage_main("reference")
+def main() -> None:
+    params = load_params()
+    device = pick_device(params.device)
+    train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
+    with stage_run("reference", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
+        scores, classifier, stats = reference(train, test, params.evaluate,
+                                              stream(params.evaluate.seed, "reference", device=device))
+        save_torch(CLASSIFIER, classifier_file(classifier, stats))
+        write_json(METRICS, {"reference": scores.to_dict()})
+        run.log_metrics(scores.to_dict())
+    print(f"entropy floor {scores.entropy_floor:.2f} nats per test image; feature classifier accuracy "
+          f"{scores.classifier_accuracy:.3f}; real train vs test Frechet distance {scores.data_fd:.2f}")
+
+
+if __name__ == "__main__":
+    main()
