@@ -160,3 +160,28 @@ def test_ais_stays_tight_where_a_gaussian_encoder_fits_badly():
     assert exact - iwae > 0.5, "IWAE with the one-mode encoder misses the other mode's mass (log 2)"
     ais = ais_log_prob(model.decoder, y, chains=128, schedule=SMALL, generator=g)
     torch.testing.assert_close(ais, exact, atol=0.05, rtol=0)
+
+
+def test_the_training_iwae_bound_rises_with_k_towards_the_quadrature_log_likelihood():
+    """train_vae.iwae_k: likelihood.iwae_bound, averaged over many independent sets of k draws, is a lower
+    bound on log p(y) (quadrature, 1-d latent) that rises with k and closes on it; k = 1 is the ELBO."""
+    from latentfit.likelihood import elbo_terms, iwae_bound
+
+    model, y = small_model(1)
+    exact = quadrature_log_prob(model, y, 1)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        mu, logvar = model.encoder(y)
+        means, errors = {}, {}
+        for k in (1, 4, 64):
+            eps = torch.randn(k, 2000, *mu.shape, generator=g)
+            z = mu + torch.exp(0.5 * logvar) * eps  # 2000 replicates of k draws per image
+            bounds = iwae_bound(y, model.decoder(z), z, mu, logvar)
+            means[k], errors[k] = bounds.mean(0), bounds.std(0) / math.sqrt(len(bounds))
+            assert (means[k] <= exact + 4 * errors[k]).all(), k  # a lower bound, within its error
+        noise = torch.randn(20000, *mu.shape, generator=g)
+        elbo = -sum(elbo_terms(y.expand(20000, -1, -1), *model(y.expand(20000, -1, -1), noise)))
+    error = torch.sqrt(errors[1] ** 2 + (elbo.std(0) / math.sqrt(len(elbo))) ** 2)
+    assert ((means[1] - elbo.mean(0)).abs() < 4 * error).all(), "k = 1 is the ELBO"
+    assert (means[1] < means[4]).all() and (means[4] < means[64]).all()
+    assert ((exact - means[64]) < 0.25 * (exact - means[1])).all(), "k = 64 closes most of the ELBO's gap"

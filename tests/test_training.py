@@ -93,3 +93,21 @@ def test_dynamic_binarisation_trains_on_fresh_binary_draws(x, monkeypatch):
                  generator=torch.Generator().manual_seed(0), dynamic=True))
     assert len(seen) == 2 and all(set(y.unique().tolist()) <= {0.0, 1.0} for y in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # a new draw each epoch (same images, other order)
+
+
+def test_an_iwae_fit_records_its_bound_beside_the_elbo_and_k_1_is_the_elbo_fit():
+    """train_vae.iwae_k > 1 trains the same encoder and decoder on the IWAE bound; its record adds the bound,
+    which sits below the ELBO's -ELBO; k = 1 runs the ELBO loop itself, record for record."""
+    x = (torch.rand(256, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+
+    def run(k: int) -> list[dict]:
+        torch.manual_seed(0)
+        model = VAE(4, 32)
+        return list(fit_vae(model, make_optimizer(model, 1e-3), x, epochs=2, batch_size=64,
+                            generator=torch.Generator().manual_seed(1), iwae_k=k))
+
+    elbo, again, iwae = run(1), run(1), run(8)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in elbo] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in again]
+    assert "neg_iwae" not in elbo[0] and all(r["neg_iwae"] < r["neg_elbo"] for r in iwae)
+    assert iwae[1]["neg_iwae"] < iwae[0]["neg_iwae"]
