@@ -4,6 +4,7 @@ anatomy of its bound, and the arrays of its figures. Reads only its own model fi
 fit re-evaluates that fit alone; the final stage compares the fits."""
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
@@ -45,7 +46,9 @@ def main() -> None:
                    params.tracking.required) as run:
         result = evaluate_fit(fit, train, test, params.evaluate, classifier=classifier, reference=reference,
                               model_md5=file_md5(model_path), log=run.log_epoch)
+        start = time.perf_counter()
         arrays = fit_figure_data(fit, result.likelihoods.encoder, train, test, params.visualize)
+        result.timings["figure_data"] = time.perf_counter() - start
         with atomic_dir(out) as tmp:  # the fit's results appear together, or not at all
             write_table(tmp / "images.csv", result.images)
             write_csv(tmp / "estimators.csv", result.estimators)
@@ -53,9 +56,11 @@ def main() -> None:
             np.savez_compressed(tmp / "figures.npz", **arrays)
             write_json(tmp / "scores.json", result.scores.to_dict())
         run.log_metrics(result.scores.to_dict())
+        run.log_metrics({f"seconds.{block}": value for block, value in result.timings.items()})
     test_scores = result.scores.test
     print(f"{fit_name}: AIS NLL {test_scores.ais_nll:.2f} ± {test_scores.ais_nll_se:.2f}, IWAE NLL "
           f"{test_scores.iwae_nll:.2f}, prior-sampling NLL {test_scores.prior_mc_nll:.2f} -> {out}/")
+    print("seconds: " + ", ".join(f"{block} {value:.1f}" for block, value in result.timings.items()))
 
 
 if __name__ == "__main__":

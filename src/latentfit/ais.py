@@ -85,12 +85,20 @@ class _Target:
         self.w2, self.b2 = decoder.fc2.weight, decoder.fc2.bias
 
     def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(y | z) and its gradient."""
+        logits, grad = self._forward(z)
+        return (self.y * logits).sum(-1) - F.softplus(logits).sum(-1), grad
+
+    def gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """The gradient alone, a softplus pass cheaper: inner leapfrog steps need no log-likelihood (only
+        the last step's enters the acceptance test)."""
+        return self._forward(z)[1]
+
+    def _forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = torch.addmm(self.b1, z, self.w1.T)
         logits = torch.addmm(self.b2, pre.clamp_min(0), self.w2.T)
-        logl = (self.y * logits).sum(-1) - F.softplus(logits).sum(-1)
         residual = torch.sub(self.y, torch.sigmoid(logits))  # y - sigmoid(f)
-        grad = (residual @ self.w2).mul_(pre > 0) @ self.w1
-        return logl, grad
+        return logits, (residual @ self.w2).mul_(pre > 0) @ self.w1
 
 
 def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfrog: int,
@@ -108,8 +116,12 @@ def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfr
     p = momentum - 0.5 * step * (z - beta * grad)
     for i in range(leapfrog):
         z_new = z_new + step * p
-        logl_new, grad_new = target(z_new)
-        p = p - (step if i < leapfrog - 1 else 0.5 * step) * (z_new - beta * grad_new)
+        last = i == leapfrog - 1
+        if last:
+            logl_new, grad_new = target(z_new)
+        else:
+            grad_new = target.gradient(z_new)
+        p = p - (0.5 * step if last else step) * (z_new - beta * grad_new)
     log_accept = (start - energy(z_new, logl_new, p)).nan_to_num(nan=-torch.inf).clamp(max=0.0)
     accept = torch.rand(log_accept.shape, generator=generator, device=z.device, dtype=z.dtype).log() < log_accept
     keep = accept[:, None]

@@ -196,7 +196,7 @@ def test_a_killed_worker_is_retried_and_its_run_lands_once(repo, tmp_path):
     assert text.count("=== landed") == 1
     head = repo.run("git", "rev-parse", "HEAD").strip()
     assert landed(repo.path, head) == {"kill-seed=0"}
-    metrics = json.loads(repo.run("git", "show", f"{exp_ref(head, 'kill-seed=0')}:metrics/evaluate.json"))
+    metrics = json.loads(repo.run("git", "show", f"{exp_ref(head, 'kill-seed=0')}:metrics/comparison.json"))
     assert np.isfinite(metrics["ais"]["gap"])
     assert not any((tmp_path / "work").iterdir()), "the retry cleared the killed attempt's clone, then its own"
 

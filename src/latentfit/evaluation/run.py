@@ -35,6 +35,7 @@ class FitEvaluation:
     estimators: list[dict[str, Any]]
     rate_distortion: list[dict[str, Any]]  # empty with evaluate.anatomy off
     likelihoods: Likelihoods  # kept for the figure data: the encoder the fit's figures use
+    timings: dict[str, float]  # seconds per block, for the log and MLflow (not a result: it varies run to run)
 
 
 def _per_image(columns: dict[str, torch.Tensor], labels: torch.Tensor, split: str) -> pd.DataFrame:
@@ -61,20 +62,31 @@ def evaluate_fit(fit: FitModel, train: dict[str, torch.Tensor], test: dict[str, 
     def shared(block: str) -> torch.Generator:  # common random numbers: the same draws for every fit
         return stream(p.seed, block, device=device)
 
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def done(block: str) -> None:
+        now = time.perf_counter()
+        timings[block], clock[0] = now - clock[0], now
+        share_cpus()  # between long steps: a neighbouring stage may have started or ended
+
     lik = likelihoods(fit, x_train, x, p, own, shared, lambda record: log(record, "posthoc."))
-    share_cpus()  # between long steps: a neighbouring stage may have started or ended
+    done("likelihoods")
     scores, check, columns = test_scores(fit, lik, x, p, own)
     denoise = denoising(fit, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, shared)
+    done("denoising")
     latent = latent_structure(lik.encoder, x_train, train["y"], x, test["y"], p)
-    share_cpus()
     fd = sample_fd(fit.decoder, classifier, reference, min(p.fid_samples, len(x)), own("samples"))
+    done("latent_and_samples")
     curve = estimator_curve(fit, x[: p.ais_curve_images], lik, p, own("ais_curve"))
+    done("estimator_curve")
     why = mixture = None
     rd_curve: list[dict[str, Any]] = []
     train_columns: dict[str, torch.Tensor] = {}
     if p.anatomy:
         why, mixture, rd_curve, test_more, train_columns = anatomy(fit, lik, train, test, p, own)
         columns |= test_more
+        done("anatomy")
     images = _per_image(columns, test["y"], "test")
     if train_columns:
         n = len(next(iter(train_columns.values())))
@@ -82,4 +94,4 @@ def evaluate_fit(fit: FitModel, train: dict[str, torch.Tensor], test: dict[str, 
     result = FitScores(fit=fit.name, own_encoder=fit.encoder is not None, model_md5=model_md5, test=scores,
                        bdmc=check, denoise=denoise, latent=latent, sample_fd=fd,
                        seconds=time.perf_counter() - start, anatomy=why, mixture=mixture)
-    return FitEvaluation(result, images, curve, rd_curve, lik)
+    return FitEvaluation(result, images, curve, rd_curve, lik, timings)

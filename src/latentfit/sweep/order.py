@@ -8,7 +8,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .grid import SEED_KEYS, Run
+from .grid import Run
 
 
 def stage_params(repo: Path) -> dict[str, set[str]]:
@@ -29,18 +29,22 @@ def stage_params(repo: Path) -> dict[str, set[str]]:
 def leaders(runs: list[Run], closure: dict[str, set[str]]) -> dict[str, list[str]]:
     """For each run, the earlier runs that compute one of its stages with the same params. It starts
     after them and takes that stage from the run cache (in a z_dim x M grid, train_vae runs once per
-    z_dim and seed). A stage that every run shares is left alone: nobody would start; so is one that runs
-    share through their seed alone (the reference stage: cheap, and waiting would serialise the grid)."""
+    z_dim and seed). A stage that every run shares is left alone: nobody would start; so is one no model
+    param reaches (download, preprocess, the reference stage: cheap next to a run, which would wait whole)."""
 
     def relevant(key: str, params: set[str]) -> bool:
         return any(key == p or key.startswith(p + ".") for p in params)
 
+    def fits_a_model(params: set[str]) -> bool:
+        return any(p.split(".")[0] == "model" or p.startswith("train_") for p in params)
+
     groups: dict[tuple, list[str]] = defaultdict(list)
     for run in runs:
         for stage, params in closure.items():
+            if not fits_a_model(params):
+                continue
             signature = tuple(sorted((k, json.dumps(v)) for k, v in run.overrides.items() if relevant(k, params)))
-            if any(k not in SEED_KEYS for k, _ in signature):
-                groups[(stage, signature)].append(run.name)
+            groups[(stage, signature)].append(run.name)
     waits: dict[str, list[str]] = {run.name: [] for run in runs}
     for members in groups.values():
         if 1 < len(members) < len(runs):
