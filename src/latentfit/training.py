@@ -54,57 +54,38 @@ def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, ep
     `dynamic`: each batch is a fresh Bernoulli draw from the grey images (dynamic binarisation).
     `iwae_k` > 1: maximise the IWAE bound with k draws instead (the same encoder); the record adds its
     epoch average `neg_iwae`, and rec, kl and neg_elbo are the ELBO's at the first of the k draws."""
-    if iwae_k > 1:
-        yield from _fit_iwae(model, optimizer, x, epochs=epochs, batch_size=batch_size, generator=generator,
-                             start_epoch=start_epoch, what=what, lr_key=lr_key, dynamic=dynamic, k=iwae_k)
-        return
-    n, z_dim = len(x), model.decoder.z_dim
+    n = len(x)
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        sums = torch.zeros(2, device=x.device)
+        sums = torch.zeros(2 if iwae_k == 1 else 3, device=x.device)
         for idx in batches(n, batch_size, generator, x.device):
-            y = _draw(x[idx], dynamic, generator)
-            noise = torch.randn(len(idx), z_dim, generator=generator, device=x.device)
-            rec, kl = elbo_terms(y, *model(y, noise))
-            loss = rec.mean() + kl.mean()
+            loss, terms = _vae_loss(model, _draw(x[idx], dynamic, generator), generator, iwae_k)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += torch.stack([rec.detach().sum(), kl.detach().sum()])
-        rec_avg, kl_avg = (sums / n).tolist()
+            sums += terms
+        rec_avg, kl_avg, *bound = (sums / n).tolist()
         record = {"epoch": epoch, "rec": rec_avg, "kl": kl_avg, "neg_elbo": rec_avg + kl_avg,
-                  "seconds": time.perf_counter() - start}
+                  **({"neg_iwae": bound[0]} if bound else {}), "seconds": time.perf_counter() - start}
         _check_finite(record, what, lr_key)
         yield record
 
 
-def _fit_iwae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int, batch_size: int,
-              generator: torch.Generator, start_epoch: int, what: str, lr_key: str, dynamic: bool,
-              k: int) -> Iterator[dict]:
-    n, z_dim = len(x), model.decoder.z_dim
-    for epoch in range(start_epoch + 1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        sums = torch.zeros(3, device=x.device)
-        for idx in batches(n, batch_size, generator, x.device):
-            y = _draw(x[idx], dynamic, generator)
-            mu, logvar = model.encoder(y)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(k, len(idx), z_dim, generator=generator, device=x.device)
-            logits = model.decoder(z)
-            bound = iwae_bound(y, logits, z, mu, logvar)
-            loss = -bound.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                rec = -bernoulli_log_prob(y, logits[0])
-                sums += torch.stack([rec.sum(), gaussian_kl(mu, logvar).sum(), -bound.sum()])
-        rec_avg, kl_avg, neg_iwae = (sums / n).tolist()
-        record = {"epoch": epoch, "rec": rec_avg, "kl": kl_avg, "neg_elbo": rec_avg + kl_avg, "neg_iwae": neg_iwae,
-                  "seconds": time.perf_counter() - start}
-        _check_finite(record, what, lr_key)
-        yield record
+def _vae_loss(model: VAE, y: torch.Tensor, generator: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's loss, and its summed (rec, kl) terms (with k > 1, at the first draw, and -IWAE bound)."""
+    z_dim = model.decoder.z_dim
+    if k == 1:
+        noise = torch.randn(len(y), z_dim, generator=generator, device=y.device)
+        rec, kl = elbo_terms(y, *model(y, noise))
+        return rec.mean() + kl.mean(), torch.stack([rec.detach().sum(), kl.detach().sum()])
+    mu, logvar = model.encoder(y)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(k, len(y), z_dim, generator=generator, device=y.device)
+    logits = model.decoder(z)
+    bound = iwae_bound(y, logits, z, mu, logvar)
+    with torch.no_grad():
+        terms = torch.stack([-bernoulli_log_prob(y, logits[0]).sum(), gaussian_kl(mu, logvar).sum(), -bound.sum()])
+    return -bound.mean(), terms
 
 
 def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int,
