@@ -144,7 +144,7 @@ def why_section(m: Details, classes: list[str]) -> list[str]:
     for f, s in m.fits.items():
         if s.mixture is not None:
             mix = s.mixture
-            lines += [(f"**{label(f)} is a mixture.** With its {mix.components} training draws fixed, its objective is "
+            lines += [(f"**The {label(f)} is a mixture.** With its {mix.components} training draws fixed, its objective is "
                        f"the likelihood of a {mix.components}-component Bernoulli mixture: {mix.used} components carry "
                        f"at least one training image's worth of responsibility, the pooled responsibility has the "
                        f"perplexity of {mix.perplexity:.1f} equally used components, each image is explained by "
