@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,15 +33,25 @@ CURVES = {"prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv", "est
 FIGURES = Path("plots/figures")
 
 
-def read_fit(name: str) -> tuple[FitScores, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
-    """What `evaluate@<name>` wrote: its numbers, per-image results, curves and figure arrays."""
+class FitFiles(NamedTuple):
+    """What `evaluate@<fit>` wrote: its numbers, per-image results, curves and figure arrays."""
+
+    scores: FitScores
+    images: pd.DataFrame
+    estimators: pd.DataFrame
+    rate_distortion: pd.DataFrame
+    arrays: dict[str, np.ndarray]
+
+
+def read_fit(name: str) -> FitFiles:
     where = Path("metrics") / name
     if not (where / "scores.json").is_file():
         raise DataError(f"{where}/scores.json is missing: run `dvc repro evaluate@{name}` first")
     with np.load(where / "figures.npz") as arrays:
         figure_arrays = dict(arrays)
-    return (FitScores.from_dict(json.loads((where / "scores.json").read_text())), pd.read_csv(where / "images.csv"),
-            pd.read_csv(where / "estimators.csv"), pd.read_csv(where / "rate_distortion.csv"), figure_arrays)
+    return FitFiles(FitScores.from_dict(json.loads((where / "scores.json").read_text())),
+                    pd.read_csv(where / "images.csv"), pd.read_csv(where / "estimators.csv"),
+                    pd.read_csv(where / "rate_distortion.csv"), figure_arrays)
 
 
 @stage_main("visualize")
@@ -48,12 +59,11 @@ def main() -> None:
     params = load_params()
     fits = {name: read_fit(name) for name in names()}
     reference = Reference.from_dict(json.loads(Path(REFERENCE).read_text())["reference"])
-    details = compare({f: r[0] for f, r in fits.items()}, {f: r[1] for f, r in fits.items()}, reference,
-                      params.evaluate)
-    curves = {"prior_mc": prior_curve({f: r[1] for f, r in fits.items()}),
-              "denoise": denoise_table(details.fits),
-              "estimators": pd.concat([r[2] for r in fits.values()], ignore_index=True),
-              "rate_distortion": pd.concat([r[3] for r in fits.values()], ignore_index=True)}
+    images = {f: r.images for f, r in fits.items()}
+    details = compare({f: r.scores for f, r in fits.items()}, images, reference, params.evaluate)
+    curves = {"prior_mc": prior_curve(images), "denoise": denoise_table(details.fits),
+              "estimators": pd.concat([r.estimators for r in fits.values()], ignore_index=True),
+              "rate_distortion": pd.concat([r.rate_distortion for r in fits.values()], ignore_index=True)}
     report = render_report(details, params)
     # Opened before any drawing: with tracking.required an unreachable store fails before the work.
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
@@ -61,7 +71,7 @@ def main() -> None:
             write_table(path, curves[key])
         histories = {f: pd.read_csv(f"plots/train_{f}.csv") for f in fits}
         classes = class_names(params.data.dataset)
-        figs = model_figures({f: r[4] for f, r in fits.items()}, params.visualize, classes)
+        figs = model_figures({f: r.arrays for f, r in fits.items()}, params.visualize, classes)
         figs |= curve_figures(histories, curves, details)
         for name, fig in figs.items():
             save_figure(FIGURES / f"{name}.png", fig)

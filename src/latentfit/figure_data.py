@@ -6,14 +6,13 @@ versions) come from streams without the fit's name, so every fit's file holds th
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from sklearn.manifold import TSNE
 
+from .config import VisualizeParams
 from .errors import DataError
-from .inference import encode, flip_pixels, prior_search, vae_reconstruct
+from .inference import encode, flip_pixels, reconstruct
 from .modelfile import FitModel
 from .models import VAE
 from .runtime import stream
@@ -40,19 +39,8 @@ def _probs(logits: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def _reconstruct(fit: FitModel, y: torch.Tensor, candidates: int, g: torch.Generator) -> torch.Tensor:
-    """Logits of the fit's reconstruction: one draw from its own encoder's q (as the notebook shows it), or
-    the best of `candidates` prior draws for a fit without an encoder."""
-    if fit.encoder is not None:
-        return vae_reconstruct(fit.encoder, y, g)
-    draws = torch.randn(candidates, fit.decoder.z_dim, generator=g, device=y.device)
-    return fit.decoder(prior_search(fit.decoder, y, draws))
-
-
-@torch.no_grad()
-def fit_figure_data(fit: FitModel, encoder: VAE, train: dict, test: dict, p: Any) -> dict[str, np.ndarray]:
-    """Every array of the fit's figures, by name. `encoder` is the fit's own or its post-hoc one; `p` holds
-    the visualize params (config.VisualizeParams)."""
+def fit_figure_data(fit: FitModel, encoder: VAE, train: dict, test: dict, p: VisualizeParams) -> dict[str, np.ndarray]:
+    """Every array of the fit's figures, by name. `encoder` is the fit's own or its post-hoc one."""
     x, labels, device = test["x"], test["y"], test["x"].device
 
     def shared(block: str) -> torch.Generator:
@@ -63,7 +51,7 @@ def fit_figure_data(fit: FitModel, encoder: VAE, train: dict, test: dict, p: Any
 
     out: dict[str, np.ndarray] = {"raw_image": train["x"][0].cpu().numpy(), "raw_label": train["y"][:1].cpu().numpy()}
     shown = torch.randperm(len(x), generator=shared("shown"), device=device)[: p.n_show]
-    probs = torch.sigmoid(_reconstruct(fit, x[shown], p.search_candidates, own("reconstruction")))
+    probs = torch.sigmoid(reconstruct(fit, x[shown], p.search_candidates, own("reconstruction"), sample=True))
     out |= {"shown": x[shown].cpu().numpy(), "shown_labels": labels[shown].cpu().numpy(),
             "reconstruction": probs.cpu().numpy(),
             "reconstruction_sample": torch.bernoulli(probs, generator=own("reconstruction_sample")).cpu().numpy()}
@@ -78,8 +66,8 @@ def fit_figure_data(fit: FitModel, encoder: VAE, train: dict, test: dict, p: Any
     out["interpolation_pixel"] = ((1 - t) * ends[0] + t * ends[1]).cpu().numpy()
 
     noisy = flip_pixels(x[shown], p.flip_prob, shared("noise"))
-    out["noisy"], out["denoised"] = noisy.cpu().numpy(), _probs(_reconstruct(fit, noisy, p.search_candidates,
-                                                                              shared("search")))
+    out["noisy"] = noisy.cpu().numpy()
+    out["denoised"] = _probs(reconstruct(fit, noisy, p.search_candidates, shared("search"), sample=True))
     k = min(p.tsne_points, len(x))
     means = encode(encoder, x[:k])[0].cpu().numpy()
     out["latent_labels"] = labels[:k].cpu().numpy()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .likelihood import pairwise_bernoulli_log_prob
+from .modelfile import FitModel
 from .models import VAE, Decoder
 
 
@@ -50,3 +51,15 @@ def prior_search(decoder: Decoder, y: torch.Tensor, draws: torch.Tensor, chunk: 
         best_score = torch.where(better, score, best_score)
         best_index = torch.where(better, arg + start, best_index)
     return draws[best_index]
+
+
+@torch.no_grad()
+def reconstruct(fit: FitModel, y: torch.Tensor, candidates: int, generator: torch.Generator,
+                sample: bool = False) -> torch.Tensor:
+    """Logits of a fit's reconstruction of `y`: through its own encoder (the posterior mean, or one draw of q
+    with `sample`, as the notebook shows it), or, for a fit without one, from the best of `candidates` prior
+    draws taken from `generator` (the notebook's search)."""
+    if fit.encoder is not None:
+        return vae_reconstruct(fit.encoder, y, generator if sample else None)
+    draws = torch.randn(candidates, fit.decoder.z_dim, generator=generator, device=y.device)
+    return fit.decoder(prior_search(fit.decoder, y, draws))

@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import figures
+from .config import VisualizeParams
 from .evaluation.schema import Details, walk
 from .fits import label
 
@@ -19,14 +20,14 @@ def _name(classes: list[str], c: int) -> str:
     return classes[c] if c < len(classes) else str(c)
 
 
-def model_figures(arrays: Mapping[str, Mapping[str, np.ndarray]], p: object, classes: list[str]) -> dict[str, Figure]:
+def model_figures(arrays: Mapping[str, Mapping[str, np.ndarray]], p: VisualizeParams, classes: list[str]) -> dict[str, Figure]:
     """The notebook's figures, by name, a row (or panel) per fit. `p` holds the visualize params."""
-    fits, n = list(arrays), p.n_show  # type: ignore[attr-defined]
+    fits, n = list(arrays), p.n_show
     first = arrays[fits[0]]  # what every fit's file holds alike: the shown, noisy and end images
     shown = ", ".join(_name(classes, int(c)) for c in first["shown_labels"])
-    span = f"{_name(classes, p.interp_from)} -> {_name(classes, p.interp_to)}"  # type: ignore[attr-defined]
-    steps = p.interp_steps  # type: ignore[attr-defined]
-    flip = f"each pixel y flipped to 1 - y with probability {p.flip_prob:g}"  # type: ignore[attr-defined]
+    span = f"{_name(classes, p.interp_from)} -> {_name(classes, p.interp_to)}"
+    steps = p.interp_steps
+    flip = f"each pixel y flipped to 1 - y with probability {p.flip_prob:g}"
     figs = {"raw_image": figures.raw_image(first["raw_image"], _name(classes, int(first["raw_label"][0])))}
     rows = [("input", first["shown"])]
     for f in fits:
@@ -46,7 +47,7 @@ def model_figures(arrays: Mapping[str, Mapping[str, np.ndarray]], p: object, cla
         [("original", first["shown"]), ("noisy", first["noisy"]),
          *[(label(f), arrays[f]["denoised"]) for f in fits]], ncols=n,
         title=f"Denoising ({flip}): encoder for a fit with one, else the best of "
-              f"{p.search_candidates} prior draws")  # type: ignore[attr-defined]
+              f"{p.search_candidates} prior draws")
     labels = first["latent_labels"]
     if "tsne" in first:
         figs["tsne"] = figures.latent_scatter([(label(f), arrays[f]["tsne"], labels) for f in fits],
@@ -56,8 +57,8 @@ def model_figures(arrays: Mapping[str, Mapping[str, np.ndarray]], p: object, cla
         figs["latent_means"] = figures.latent_scatter([(label(f), arrays[f]["latent_means"], labels) for f in fits],
                                                       r"Latent means $\mu_\phi(y)$ of test images", "z", classes)
         figs["latent_manifold"] = figures.latent_manifold(
-            [(f"{label(f)}'s decoder", arrays[f]["manifold"]) for f in fits], p.manifold_steps,  # type: ignore[attr-defined]
-            p.manifold_span)  # type: ignore[attr-defined]
+            [(f"{label(f)}'s decoder", arrays[f]["manifold"]) for f in fits], p.manifold_steps,
+            p.manifold_span)
     return figs
 
 

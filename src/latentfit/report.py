@@ -53,8 +53,9 @@ def verdict_table(m: Details, p: EvaluateParams) -> list[str]:
     rows = []
     for est, name in names.items():
         first = {f: getattr(pair.verdict, est) for f, pair in m.pairs.items()}
-        nll = {f: r.fit for f, r in first.items()} | {m.baseline: next(iter(first.values())).baseline if first else
-                                                       None}
+        nll = {f: r.fit for f, r in first.items()}
+        if first:  # every pair holds the baseline's NLL on the same images
+            nll[m.baseline] = next(iter(first.values())).baseline
         rows.append([name, *[fmt(nll.get(f)) for f in m.fits],
                      *[f"{fmt(r.mean, r.se)} ({fmt(r.lo)} to {fmt(r.hi)})" for r in first.values()]])
     n = p.ais_images

@@ -178,7 +178,8 @@ def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
 def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base):
     from mlflow.tracking import MlflowClient
 
-    from latentfit.mlmodels import REGISTERED, file_md5
+    from latentfit.io import file_md5
+    from latentfit.mlmodels import REGISTERED
 
     client = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}")
     details = base.json("metrics/comparison_details.json")["fits"]

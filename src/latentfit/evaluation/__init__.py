@@ -1,2 +1,2 @@
-"""The evaluate stage: both fits on one footing (likelihoods, paired gaps, latent structure, samples),
-and the schema of its numbers."""
+"""The evaluation: each fit's numbers on its own (run, likelihoods, structure, anatomy), the data's own
+(reference), the comparison of the fits (compare), and the schema of every number."""

@@ -68,7 +68,7 @@ def prior_curve(images: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 def denoise_table(scores: Mapping[str, FitScores]) -> pd.DataFrame:
     """Denoising error against the flip probability, a bce and an mse column per fit."""
-    keys = next(iter(scores.values())).denoise
-    return pd.DataFrame([{"flip_prob": scores[next(iter(scores))].denoise[k].flip_prob,
-                          **{f"{name}_{err}": getattr(s.denoise[k], err) for name, s in scores.items()
-                             for err in ("bce", "mse")}} for k in keys])
+    first = next(iter(scores.values())).denoise
+    return pd.DataFrame([{"flip_prob": entry.flip_prob, **{f"{name}_{err}": getattr(s.denoise[key], err)
+                                                            for name, s in scores.items() for err in ("bce", "mse")}}
+                         for key, entry in first.items()])

@@ -63,11 +63,12 @@ def evaluate_fit(fit: FitModel, train: dict[str, torch.Tensor], test: dict[str, 
         return stream(p.seed, block, device=device)
 
     timings: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    last = start
 
     def done(block: str) -> None:
+        nonlocal last
         now = time.perf_counter()
-        timings[block], clock[0] = now - clock[0], now
+        timings[block], last = now - last, now
         share_cpus()  # between long steps: a neighbouring stage may have started or ended
 
     lik = likelihoods(fit, x_train, x, p, own, shared, lambda record: log(record, "posthoc."))

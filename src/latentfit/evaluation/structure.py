@@ -12,7 +12,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from ..config import EvaluateParams
-from ..inference import encode, flip_pixels, prior_search, vae_reconstruct
+from ..inference import encode, flip_pixels, reconstruct
 from ..likelihood import bernoulli_log_prob
 from ..modelfile import FitModel
 from ..models import VAE, Decoder
@@ -29,15 +29,6 @@ def reconstruction_errors(logits: torch.Tensor, clean: torch.Tensor) -> dict[str
 
 
 @torch.no_grad()
-def reconstruct(fit: FitModel, noisy: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Logits of a fit's reconstruction: through its own encoder (the posterior mean), or, for a fit without
-    one, from the prior draw among `candidates` that explains the image best (the notebook's search)."""
-    if fit.encoder is not None:
-        return vae_reconstruct(fit.encoder, noisy)
-    return fit.decoder(prior_search(fit.decoder, noisy, candidates))
-
-
-@torch.no_grad()
 def denoising(fit: FitModel, clean: torch.Tensor, flip_probs: list[float], candidates: int,
               shared: Callable[[str], torch.Generator]) -> dict[str, Denoise]:
     """Per flip probability, the fit's reconstruction of noisy images against the clean ones. The noise and
@@ -46,9 +37,7 @@ def denoising(fit: FitModel, clean: torch.Tensor, flip_probs: list[float], candi
     for prob in flip_probs:
         key = flip_key(prob)
         noisy = flip_pixels(clean, prob, shared(f"denoise_noise_{key}"))
-        draws = torch.randn(candidates, fit.decoder.z_dim, generator=shared(f"denoise_search_{key}"),
-                            device=clean.device)
-        errors = reconstruction_errors(reconstruct(fit, noisy, draws), clean)
+        errors = reconstruction_errors(reconstruct(fit, noisy, candidates, shared(f"denoise_search_{key}")), clean)
         results[key] = Denoise(flip_prob=prob, bce=errors["bce"], mse=errors["mse"])
     return results
 

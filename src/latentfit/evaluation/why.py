@@ -114,7 +114,7 @@ class Mixture:
 
 @dataclass(frozen=True)
 class ClassGap:
-    """The paired gap direct - VAE on the images of one class."""
+    """The paired gap fit - baseline on the images of one class."""
 
     ais: Interval
     iwae: Interval
