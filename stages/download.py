@@ -10,15 +10,20 @@ from latentfit.data import fetch_dataset
 from latentfit.runtime import stage_main
 from latentfit.tracking import stage_run
 
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("data",)
+
 RAW = "data/raw"
 
 
 @stage_main("download")
 def main() -> None:
-    params = load_params()
+    params = load_params().reading(READS, "download")
     with stage_run("download", to_flat_dict(params), params.tracking.experiment, params.tracking.required):
-        for path in fetch_dataset(params.data.dataset, list(params.data.mirrors), RAW, params.data.timeout):
-            print(f"verified {path}")
+        data = params.data
+        for path, how in fetch_dataset(data.dataset, list(data.mirrors), RAW, data.timeout,
+                                       trust=data.verify == "shape"):
+            print(f"verified {path} as {data.dataset}'s ({how})")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,17 @@ import torch
 from latentfit.config import load_params, to_flat_dict
 from latentfit.errors import ParamsError
 from latentfit.evaluation.run import RD_COLUMNS, evaluate_fit
+from latentfit.evaluation.schema import RanOn
 from latentfit.figure_data import fit_figure_data
 from latentfit.fits import names
 from latentfit.io import atomic_dir, file_md5, load_split, write_csv, write_json, write_table
 from latentfit.modelfile import load_fit
 from latentfit.posthoc import load_classifier
-from latentfit.runtime import pick_device, seeded_generator, stage_main
+from latentfit.runtime import pick_device, seeded_generator, stage_main, where
 from latentfit.tracking import stage_run
+
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("evaluate", "visualize", "device")
 
 TRAIN, TEST, CLASSIFIER = "data/prepared/train.pt", "data/prepared/test.pt", "models/classifier.pt"
 TRAIN_DRAW_SEED = 0  # the one binary draw of dynamically binarised training images that evaluate scores
@@ -34,7 +38,7 @@ def main() -> None:
         raise ParamsError(f"usage: python stages/evaluate.py FIT, with FIT one of {', '.join(names())} (got "
                           f"{fit_name or 'nothing'}); `dvc repro evaluate@{names()[0]}` runs it for you")
     model_path, out = Path(f"models/{fit_name}.pt"), Path(f"metrics/{fit_name}")
-    params = load_params()
+    params = load_params().reading(READS, f"evaluate@{fit_name}")
     device = pick_device(params.device)
     train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
     if train.pop("dynamic", None) is not None:  # dynamically binarised: score one fixed binary draw of it
@@ -43,9 +47,10 @@ def main() -> None:
     classifier, reference = load_classifier(CLASSIFIER, device)
 
     with stage_run(f"evaluate@{fit_name}", to_flat_dict(params), params.tracking.experiment,
-                   params.tracking.required) as run:
+                   params.tracking.required, tags=where(device)) as run:
         result = evaluate_fit(fit, train, test, params.evaluate, classifier=classifier, reference=reference,
-                              model_md5=file_md5(model_path), log=run.log_epoch)
+                              model_md5=file_md5(model_path), log=run.log_epoch,
+                              ran_on=RanOn(**where(device), trained_on=fit.trained_on))
         start = time.perf_counter()
         arrays = fit_figure_data(fit, result.likelihoods.encoder, train, test, params.visualize)
         result.timings["figure_data"] = time.perf_counter() - start

@@ -12,12 +12,15 @@ from latentfit.prepare import prepare_split
 from latentfit.runtime import stage_main
 from latentfit.tracking import stage_run
 
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("preprocess",)
+
 RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 
 
 @stage_main("preprocess")
 def main() -> None:
-    params = load_params()
+    params = load_params().reading(READS, "preprocess")
     limits = {"train": params.preprocess.train_limit, "test": params.preprocess.test_limit}
     with stage_run("preprocess", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         for split, limit in limits.items():

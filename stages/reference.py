@@ -11,8 +11,12 @@ from latentfit.config import load_params, to_flat_dict
 from latentfit.evaluation.reference import reference
 from latentfit.io import load_split, save_torch, write_json
 from latentfit.posthoc import classifier_file
-from latentfit.runtime import pick_device, stage_main, stream
+from latentfit.runtime import pick_device, stage_main, stream, where
 from latentfit.tracking import stage_run
+
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("evaluate.seed", "evaluate.classifier_epochs", "evaluate.classifier_lr", "evaluate.classifier_batch_size",
+         "evaluate.fid_samples", "device")
 
 TRAIN, TEST = "data/prepared/train.pt", "data/prepared/test.pt"
 CLASSIFIER, METRICS = "models/classifier.pt", "metrics/reference.json"
@@ -20,10 +24,11 @@ CLASSIFIER, METRICS = "models/classifier.pt", "metrics/reference.json"
 
 @stage_main("reference")
 def main() -> None:
-    params = load_params()
+    params = load_params().reading(READS, "reference")
     device = pick_device(params.device)
     train, test = ({k: v.to(device) for k, v in load_split(path).items()} for path in (TRAIN, TEST))
-    with stage_run("reference", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
+    with stage_run("reference", to_flat_dict(params), params.tracking.experiment, params.tracking.required,
+                   tags=where(device)) as run:
         scores, classifier, stats = reference(train, test, params.evaluate,
                                               stream(params.evaluate.seed, "reference", device=device))
         save_torch(CLASSIFIER, classifier_file(classifier, stats))

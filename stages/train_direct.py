@@ -14,9 +14,12 @@ from latentfit.io import load_split, save_torch, write_json
 from latentfit.mlmodels import log_direct, log_training_data
 from latentfit.modelfile import model_file
 from latentfit.models import Decoder
-from latentfit.runtime import pick_device, seeded_generator, stage_main
+from latentfit.runtime import pick_device, seeded_generator, stage_main, where
 from latentfit.tracking import stage_run
 from latentfit.training import fit_direct, make_optimizer
+
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("data.dataset", "model", "train_direct", "device")
 
 TRAIN, MODEL = "data/prepared/train.pt", "models/direct.pt"
 HISTORY, METRICS, CHECKPOINT = "plots/train_direct.csv", "metrics/train_direct.json", "checkpoints/train_direct.pt"
@@ -24,7 +27,7 @@ HISTORY, METRICS, CHECKPOINT = "plots/train_direct.csv", "metrics/train_direct.j
 
 @stage_main("train_direct")
 def main() -> None:
-    params = load_params()
+    params = load_params().reading(READS, "train_direct")
     p, flat, device = params.train_direct, to_flat_dict(params), pick_device(params.device)
     generator = seeded_generator(p.seed, device)
     train = load_split(TRAIN)
@@ -37,7 +40,8 @@ def main() -> None:
     checkpoint = Checkpoint(CHECKPOINT, key | {"device": str(device)}, decoder, optimizer, generator)
     history = checkpoint.resume()  # the draws above come first from the seed, so they match too
 
-    with stage_run("train_direct", flat, params.tracking.experiment, params.tracking.required) as run:
+    with stage_run("train_direct", flat, params.tracking.experiment, params.tracking.required,
+                   tags=where(device)) as run:
         run.call(log_training_data, params.data.dataset)
         records = fit_direct(decoder, optimizer, x, epochs=p.epochs, batch_size=p.batch_size,
                              mc_samples=p.mc_samples, generator=generator, fixed_draws=draws,
@@ -46,7 +50,7 @@ def main() -> None:
             records, history=history, run=run, checkpoint=checkpoint, total=p.epochs, desc="train_direct", csv=HISTORY,
             line=lambda r: f"direct epoch {r['epoch']:2d}  MC marginal NLL={r['nll']:.2f}")
         # The training draws are kept: evaluate reports the NLL under exactly these draws.
-        save_torch(MODEL, model_file(decoder, train_draws=draws))
+        save_torch(MODEL, model_file(decoder, train_draws=draws, trained_on=device.type))
         write_json(METRICS, {"train": {"direct": history[-1]["nll"]}})  # dvc exp show's column train.direct
         run.log_metrics({"nll": history[-1]["nll"], "seconds_per_epoch": mean(r["seconds"] for r in history)},
                         prefix="final.")

@@ -13,9 +13,12 @@ from latentfit.io import load_split, save_torch, write_json
 from latentfit.mlmodels import log_training_data, log_vae
 from latentfit.modelfile import model_file
 from latentfit.models import VAE
-from latentfit.runtime import pick_device, seeded_generator, stage_main
+from latentfit.runtime import pick_device, seeded_generator, stage_main, where
 from latentfit.tracking import stage_run
 from latentfit.training import fit_vae, make_optimizer
+
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("data.dataset", "model", "train_vae", "device")
 
 TRAIN, MODEL = "data/prepared/train.pt", "models/vae.pt"
 HISTORY, METRICS, CHECKPOINT = "plots/train_vae.csv", "metrics/train_vae.json", "checkpoints/train_vae.pt"
@@ -23,7 +26,7 @@ HISTORY, METRICS, CHECKPOINT = "plots/train_vae.csv", "metrics/train_vae.json", 
 
 @stage_main("train_vae")
 def main() -> None:
-    params = load_params()
+    params = load_params().reading(READS, "train_vae")
     p, flat, device = params.train_vae, to_flat_dict(params), pick_device(params.device)
     generator = seeded_generator(p.seed, device)
     train = load_split(TRAIN)
@@ -34,7 +37,8 @@ def main() -> None:
     checkpoint = Checkpoint(CHECKPOINT, key | {"device": str(device)}, model, optimizer, generator)
     history = checkpoint.resume()
 
-    with stage_run("train_vae", flat, params.tracking.experiment, params.tracking.required) as run:
+    with stage_run("train_vae", flat, params.tracking.experiment, params.tracking.required,
+                   tags=where(device)) as run:
         run.call(log_training_data, params.data.dataset)
         records = fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
                           start_epoch=len(history), dynamic=dynamic, iwae_k=p.iwae_k)
@@ -43,8 +47,8 @@ def main() -> None:
             line=lambda r: f"epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}"
                            + (f"  -IWAE({p.iwae_k})={r['neg_iwae']:.2f}" if "neg_iwae" in r else ""))
         last = history[-1]
-        save_torch(MODEL, model_file(model))
-        write_json(METRICS, {"train": {"vae": last["neg_elbo"]}})  # the headline: dvc exp show's column train.vae
+        save_torch(MODEL, model_file(model, trained_on=device.type))
+        write_json(METRICS, {"train": {"vae": last["neg_elbo"]}})  # dvc exp show's column train.vae
         run.log_metrics({"rec": last["rec"], "kl": last["kl"], "neg_elbo": last["neg_elbo"],
                          "seconds_per_epoch": mean(r["seconds"] for r in history)}, prefix="final.")
         run.log_artifact(HISTORY)

@@ -26,6 +26,9 @@ from latentfit.report import class_names, render_report
 from latentfit.runtime import stage_main
 from latentfit.tracking import stage_run
 
+# the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
+READS = ("data.dataset", "evaluate", "visualize")
+
 REFERENCE = "metrics/reference.json"
 HEADLINE, DETAILS, REPORT = "metrics/comparison.json", "metrics/comparison_details.json", "metrics/report.md"
 CURVES = {"prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv", "estimators": "plots/estimators.csv",
@@ -56,7 +59,7 @@ def read_fit(name: str) -> FitFiles:
 
 @stage_main("visualize")
 def main() -> None:
-    params = load_params()
+    params = load_params().reading(READS, "visualize")
     fits = {name: read_fit(name) for name in names()}
     reference = Reference.from_dict(json.loads(Path(REFERENCE).read_text())["reference"])
     images = {f: r.images for f, r in fits.items()}

@@ -40,6 +40,16 @@ def test_lists_become_tuples_and_ints_widen_to_float():
         ({"data": {"mirrors": "/just/a/string"}}, ["data.mirrors", "list"]),
         ({"device": "tpu"}, ["device", "auto"]),
         ({"model": 5}, ["model", "mapping"]),
+        ({"data": {"verify": "md5"}}, ["data.verify", "checksums", "shape"]),
+        # params that bound each other: the key, the values, the bound and its key
+        ({"evaluate": {"iwae_curve": [1, 10, 5000], "iwae_samples": 100}},
+         ["evaluate.iwae_curve = [1, 10, 5000] exceeds evaluate.iwae_samples = 100", "<= 100"]),
+        ({"evaluate": {"prior_mc_curve": [64, 5000], "prior_mc_samples": 1000}},
+         ["evaluate.prior_mc_curve = [64, 5000] exceeds evaluate.prior_mc_samples = 1000"]),
+        ({"evaluate": {"ais_curve_steps": [10, 400]}}, ["evaluate.ais_curve_steps", "exceeds evaluate.ais_steps = 300"]),
+        ({"evaluate": {"ais_curve_images": 101}}, ["evaluate.ais_curve_images = 101 exceeds evaluate.ais_images = 100"]),
+        ({"evaluate": {"ais_curve_images": 30, "ais_images": 50, "iwae_images": 20}},
+         ["evaluate.ais_curve_images = 30 exceeds evaluate.iwae_images = 20"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(raw, fragments):

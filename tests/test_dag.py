@@ -1,10 +1,13 @@
-"""dvc.yaml's code deps are exactly what each stage imports, and imports stay narrow."""
+"""dvc.yaml's code deps are exactly what each stage imports, its params exactly what each stage reads, and
+imports stay narrow."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from latentfit.dag import check, module_closure
+from latentfit.config import ParamsError, parse_params
+from latentfit.dag import check, check_params, module_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "latentfit"
@@ -14,13 +17,36 @@ def test_dvc_yaml_lists_exactly_the_modules_each_stage_imports():
     assert check(ROOT) == {}, "run `python -m latentfit.dag` and update dvc.yaml"
 
 
+def test_dvc_yaml_lists_exactly_the_params_each_stage_reads():
+    assert check_params(ROOT) == {}, "run `python -m latentfit.dag` and update dvc.yaml or the stage's READS"
+
+
+def test_the_params_check_catches_a_param_read_but_not_listed(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/one.py").write_text('READS = ("data.dataset", "evaluate")\n')
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"one": {"cmd": "x", "params": ["evaluate"]}}}))
+    assert check_params(tmp_path) == {"one": (["evaluate"], ["data.dataset", "evaluate"])}
+
+
+def test_a_stage_reading_an_undeclared_param_fails_naming_it():
+    view = parse_params({}).reading(("data.dataset", "evaluate.seed", "device"), "visualize")
+    assert view.data.dataset == "mnist" and view.evaluate.seed == 0 and view.device == "auto"
+    assert view.tracking.experiment == "latentfit"  # where results are logged, not what they are
+    for read in (lambda: view.data.mirrors, lambda: view.evaluate.ais_steps, lambda: view.model):
+        with pytest.raises(ParamsError, match=r"stage visualize reads (data.mirrors|evaluate.ais_steps|model) without "
+                                              r"declaring it: add .* to READS in stages/visualize.py"):
+            read()
+
+
 EVERY = {"download", "preprocess", "train_vae", "train_direct", "reference", "evaluate", "visualize"}
 TRAINING = {"train_vae", "train_direct"}
 # Where code lives decides what re-runs: each module, and the stages whose code it is. A module that
 # reaches more stages than this re-runs stages it cannot affect; a new module must say where it belongs.
 INTENDED = {
-    "__init__.py": EVERY, "config.py": EVERY, "errors.py": EVERY, "io.py": EVERY, "runtime.py": EVERY,
+    "__init__.py": EVERY, "config.py": EVERY,
+    "errors.py": EVERY, "io.py": EVERY, "runtime.py": EVERY,
     "tracking.py": EVERY,
+    "stats.py": {"reference", "evaluate", "visualize"},  # intervals and standard errors
     "data.py": {"download"},
     "idx.py": {"download", "preprocess"},
     "prepare.py": {"preprocess"},
@@ -57,12 +83,10 @@ def test_one_evaluate_stage_per_fit_of_the_fits_list():
     assert all(f"train_{fit}" in stages for fit in names())
 
 
-def stages_reaching(module: Path) -> set[str]:
-    return {script.stem for script in (ROOT / "stages").glob("*.py") if module in module_closure(script, PACKAGE)}
-
-
 def test_each_module_reaches_exactly_its_intended_stages():
-    actual = {str(m.relative_to(PACKAGE)): stages_reaching(m) for m in PACKAGE.rglob("*.py")}
+    closures = {script.stem: module_closure(script, PACKAGE) for script in (ROOT / "stages").glob("*.py")}
+    actual = {str(m.relative_to(PACKAGE)): {stage for stage, reached in closures.items() if m in reached}
+              for m in PACKAGE.rglob("*.py")}
     assert set(actual) == set(INTENDED), "a module was added or removed: give it its stage set in INTENDED"
     wrong = {m: sorted(actual[m]) for m in actual if actual[m] != INTENDED[m]}
     assert not wrong, f"modules reaching other stages than intended: {wrong}"

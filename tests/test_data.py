@@ -5,6 +5,7 @@ import http.server
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,9 +55,10 @@ def test_idx_round_trip(tmp_path):
 
 def test_fetch_over_http_verifies_every_file(synthetic_dir, tmp_path):
     with FileServer(synthetic_dir) as server:
-        paths = fetch_dataset("mnist", [server.url], tmp_path / "raw")
-    assert sorted(p.name for p in paths) == sorted(FILES)
-    for path in paths:
+        paths = fetch_dataset("mnist", [server.url], tmp_path / "raw", trust=True)
+    assert sorted(p.name for p, _ in paths) == sorted(FILES)
+    for path, how in paths:
+        assert how == "shape only (data.verify: shape)"
         assert path.read_bytes() == (synthetic_dir / path.name).read_bytes()
 
 
@@ -64,7 +66,7 @@ def test_bad_sources_are_reported_and_the_next_one_tried(synthetic_dir, tmp_path
     missing = tmp_path / "empty"
     missing.mkdir()
     with FileServer(tmp_path / "empty") as not_found, FileServer(synthetic_dir) as good:
-        fetch_dataset("mnist", [closed_port_url(), not_found.url, str(missing), good.url], tmp_path / "raw")
+        fetch_dataset("mnist", [closed_port_url(), not_found.url, str(missing), good.url], tmp_path / "raw", trust=True)
     log = capsys.readouterr().out + capsys.readouterr().err
     assert "Connection refused" in log or "cannot reach" in log
     assert "HTTP 404" in log
@@ -87,11 +89,12 @@ def test_bad_sources_are_reported_and_the_next_one_tried(synthetic_dir, tmp_path
 def test_corrupt_files_fail_with_the_cause_and_leave_nothing(synthetic_dir, tmp_path, name, damage, cause):
     mirror = broken_copy(synthetic_dir, tmp_path, name, damage)
     with FileServer(mirror) as server, pytest.raises(DataError) as err:
-        fetch_dataset("mnist", [server.url, str(mirror)], tmp_path / "raw")
+        fetch_dataset("mnist", [server.url, str(mirror)], tmp_path / "raw", trust=True)
     message = str(err.value)
     assert name in message and cause in message
-    assert server.url in message and str(mirror) in message  # every source, with why it failed
-    assert "data.mirrors" in message  # and what to do
+    assert server.url + name in message and str(mirror / name) in message  # each source's file by its own name
+    assert f"Fix: replace {mirror / name} with an intact copy" in message  # and what to do, naming that file
+    assert ".tmp" not in message
     raw_is_clean(tmp_path / "raw")
     assert not (tmp_path / "raw" / name).exists()
 
@@ -99,10 +102,10 @@ def test_corrupt_files_fail_with_the_cause_and_leave_nothing(synthetic_dir, tmp_
 def test_official_sources_are_checked_against_the_published_md5(synthetic_dir, tmp_path, monkeypatch):
     with FileServer(synthetic_dir) as server:
         monkeypatch.setattr(data, "official_mirrors", lambda dataset: [server.url])
-        with pytest.raises(DataError, match="does not match the published"):
-            fetch_dataset("mnist", [], tmp_path / "raw")
+        with pytest.raises(DataError, match="is not the published"):
+            fetch_dataset("mnist", [], tmp_path / "raw", trust=True)  # trust never covers an official source
         # the same bytes from a user's mirror are verified by content and accepted
-        fetch_dataset("mnist", [server.url], tmp_path / "raw")
+        fetch_dataset("mnist", [server.url], tmp_path / "raw", trust=True)
 
 
 def test_a_server_error_is_reported_and_the_next_source_tried(synthetic_dir, tmp_path, capsys):
@@ -111,7 +114,7 @@ def test_a_server_error_is_reported_and_the_next_source_tried(synthetic_dir, tmp
             self.send_error(500, "Internal Server Error")
 
     with FileServer(synthetic_dir, Broken) as broken, FileServer(synthetic_dir) as good:
-        fetch_dataset("mnist", [broken.url, good.url], tmp_path / "raw")
+        fetch_dataset("mnist", [broken.url, good.url], tmp_path / "raw", trust=True)
     assert "HTTP 500 Internal Server Error" in capsys.readouterr().out
     raw_is_clean(tmp_path / "raw")
 
@@ -122,7 +125,7 @@ def test_a_stalled_server_times_out(synthetic_dir, tmp_path):
             time.sleep(1.5)
 
     with FileServer(synthetic_dir, Stalled) as stalled, pytest.raises(DataError, match="no answer within 0.3 s"):
-        fetch_dataset("mnist", [stalled.url], tmp_path / "raw", timeout=0.3)
+        fetch_dataset("mnist", [stalled.url], tmp_path / "raw", timeout=0.3, trust=True)
 
 
 def test_verify_accepts_real_shapes_only(synthetic_dir):
@@ -149,7 +152,7 @@ def test_prepare_without_download_says_what_to_run(tmp_path):
 def test_an_unreachable_source_is_asked_once_and_the_error_lists_it(tmp_path):
     dead = closed_port_url()
     with pytest.raises(DataError) as err:
-        fetch_dataset("mnist", [dead], tmp_path / "raw")
+        fetch_dataset("mnist", [dead], tmp_path / "raw", trust=True)
     message = str(err.value)
     assert FILES[0] in message and dead in message and "data.mirrors" in message
     assert "cannot reach" in message
@@ -158,7 +161,7 @@ def test_an_unreachable_source_is_asked_once_and_the_error_lists_it(tmp_path):
 def test_unreachable_source_is_skipped_for_later_files(synthetic_dir, tmp_path, capsys):
     dead = closed_port_url()
     with FileServer(synthetic_dir) as good:
-        fetch_dataset("mnist", [dead, good.url], tmp_path / "raw")
+        fetch_dataset("mnist", [dead, good.url], tmp_path / "raw", trust=True)
     assert capsys.readouterr().out.count(f"from {dead} failed") == 1
 
 
@@ -178,3 +181,54 @@ def test_dynamic_binarisation_flags_the_grey_training_split_and_draws_the_test_s
     assert set(test.unique().tolist()) <= {0.0, 1.0} and torch.equal(test, again)  # one fixed draw
     grey = prepare_split(synthetic_dir, "test", limit=50)["x"]
     assert ((grey == 0) <= (test == 0)).all() and ((grey == 1) <= (test == 1)).all()
+
+
+def known_as(monkeypatch, synthetic_dir, dataset: str) -> dict[str, str]:
+    """Register the synthetic files' decompressed SHA-256 as `dataset`'s known content; returns them by name."""
+    import hashlib
+
+    from latentfit.idx import idx_bytes
+
+    table = {name: hashlib.sha256(idx_bytes(synthetic_dir / name)).hexdigest() for name in FILES}
+    monkeypatch.setattr(data, "IDX_SHA256", {(dataset, name): sha for name, sha in table.items()})
+    return table
+
+
+def test_a_recompressed_copy_of_known_content_passes_the_checksum_check(synthetic_dir, tmp_path, monkeypatch):
+    known_as(monkeypatch, synthetic_dir, "mnist")
+    mirror = tmp_path / "recompressed"
+    mirror.mkdir()
+    for name in FILES:  # what Debian did: the same IDX bytes, another gzip stream (another .gz MD5)
+        (mirror / name).write_bytes(gzip.compress(gzip.decompress((synthetic_dir / name).read_bytes()), 1))
+    paths = fetch_dataset("mnist", [str(mirror)], tmp_path / "raw")
+    assert {how for _, how in paths} == {"IDX SHA-256 (re-compressed)"}
+
+
+def test_another_datasets_files_are_refused_naming_both_datasets(synthetic_dir, tmp_path, monkeypatch):
+    known_as(monkeypatch, synthetic_dir, "fashion-mnist")
+    for trust in (False, True):  # data.verify: shape does not let a known other dataset through
+        with pytest.raises(DataError) as err:
+            fetch_dataset("mnist", [str(synthetic_dir)], tmp_path / "raw", trust=trust)
+        message = str(err.value)
+        assert f"{synthetic_dir / FILES[0]} is fashion-mnist's {FILES[0]}, not mnist's {FILES[0]}" in message
+        assert "data.dataset=fashion-mnist" in message
+        assert not (tmp_path / "raw" / FILES[0]).exists()
+
+
+def test_unknown_content_is_refused_unless_the_user_trusts_it(synthetic_dir, tmp_path):
+    with pytest.raises(DataError) as err:
+        fetch_dataset("mnist", [str(synthetic_dir)], tmp_path / "raw")
+    message = str(err.value)
+    assert f"{synthetic_dir / FILES[0]} is not mnist's {FILES[0]}" in message and "data.verify: shape" in message
+    assert fetch_dataset("mnist", [str(synthetic_dir)], tmp_path / "raw", trust=True)
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
+def test_debians_fashion_mnist_passes_as_itself_and_is_refused_as_mnist(tmp_path):
+    paths = fetch_dataset("fashion-mnist", [str(DEBIAN_FASHION)], tmp_path / "raw")
+    assert {how for _, how in paths} == {"IDX SHA-256 (re-compressed)"}
+    with pytest.raises(DataError, match="is fashion-mnist's train-images-idx3-ubyte.gz, not mnist's"):
+        fetch_dataset("mnist", [str(DEBIAN_FASHION)], tmp_path / "raw2")

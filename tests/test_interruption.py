@@ -17,6 +17,7 @@ import yaml
 from latentfit.io import save_split
 from tests.synthetic import synthetic_split
 
+pytestmark = pytest.mark.slow  # real stage processes, trained and interrupted: `pytest -m slow`
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 8
 
@@ -67,8 +68,9 @@ def final_numbers(path: Path) -> dict:
     return {k: v for k, v in metrics.items() if k != "seconds_per_epoch"}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, sig):
+    """SIGKILL cannot be caught; Ctrl-C (SIGINT) and SIGTERM end with one line, no traceback, 128 + signal."""
     reference = workdir(tmp_path, "reference")
     finish(stage(reference))
 
@@ -80,7 +82,13 @@ def test_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, sig):
     # training must still be running: after the last epoch the stage writes its outputs and logs the model
     assert proc.poll() is None and completed_epochs(victim) < EPOCHS, "training ended before the kill: raise EPOCHS"
     proc.send_signal(sig)
-    proc.wait()
+    out, _ = proc.communicate(timeout=120)
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 128 + sig, out
+        assert "Traceback" not in out, out
+        last = out.strip().splitlines()[-1]
+        assert last.startswith(f"train_vae: interrupted by {signal.Signals(sig).name} after epoch "), out
+        assert last.endswith(f"of {EPOCHS}; `dvc repro` resumes from checkpoints/train_vae.pt"), out
     assert not (victim / "metrics/train_vae.json").exists() and not (victim / "models/vae.pt").exists()
     # a write cut short leaves at most a hidden temporary file, never a final name
     assert all(p.name.startswith(".") for p in victim.rglob("*.tmp"))

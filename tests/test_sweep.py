@@ -82,7 +82,7 @@ def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
 
 def test_stage_params_follow_the_dag():
     closure = stage_params(ROOT)
-    assert closure["train_vae"] == {"data", "preprocess", "model", "train_vae", "device"}
+    assert closure["train_vae"] == {"data", "data.dataset", "preprocess", "model", "train_vae", "device"}
     assert {"train_vae", "evaluate"} <= closure["evaluate@vae"] and "train_direct" not in closure["evaluate@vae"]
     assert {"train_direct", "evaluate"} <= closure["evaluate@direct"] and "train_vae" not in closure["evaluate@direct"]
     assert {"train_vae", "train_direct", "evaluate", "visualize"} <= closure["visualize"]
@@ -178,3 +178,14 @@ def test_without_ray_the_sweep_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     assert cli.main(["sweep", "-n", "s", "-S", "model.z_dim=2,5"]) == 1
     assert "pip install -e '.[sweep]'" in capsys.readouterr().err
+
+
+def test_a_run_reserves_a_gpu_where_the_cluster_has_them(monkeypatch):
+    import ray
+
+    from latentfit.sweep.driver import gpus_per_run
+
+    for resources, asked, reserved in (({"CPU": 2.0}, None, 0.0), ({"CPU": 16.0, "GPU": 1.0}, None, 1.0),
+                                       ({"GPU": 4.0}, 0.25, 0.25), ({"GPU": 4.0}, 0.0, 0.0)):
+        monkeypatch.setattr(ray, "cluster_resources", lambda r=resources: r)
+        assert gpus_per_run(Options(name="s", gpus_per_run=asked)) == reserved

@@ -63,6 +63,7 @@ def _log_epochs(uri: str, name: str) -> None:
             run.log_epoch({"epoch": epoch, "loss": float(epoch)})
 
 
+@pytest.mark.slow  # processes side by side
 def test_parallel_writers_to_one_sqlite_store_all_land(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ctx = mp.get_context("spawn")

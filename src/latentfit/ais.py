@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .estimators import standard_error
 from .models import Decoder
+from .stats import CompensatedSum, host
 
 TARGET_ACCEPT = 0.65
 TICK = 25  # distributions between calls of an annealing run's `tick`
@@ -58,10 +59,18 @@ class Schedule:
     beta_min: float = 1e-5
     pilots: int = 2  # extra chains per image whose acceptance steers the step size; their weights are unused
 
+    def beta_values(self) -> list[float]:
+        """beta_0 = 0, then `steps` values geometric from beta_min to 1 (beta_T = 1 exactly), as Python
+        floats: the annealing loop reads them on the host (no device sync per step) and in double precision
+        (no float64 tensor: Apple's MPS has none)."""
+        if self.steps == 1:
+            return [0.0, 1.0]
+        log_min = math.log(self.beta_min)
+        return [0.0, *(math.exp(log_min * (1 - i / (self.steps - 1))) for i in range(self.steps - 1)), 1.0]
+
     def betas(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """beta_0 = 0, then `steps` values geometric from beta_min to 1 (beta_T = 1 exactly)."""
-        geometric = torch.logspace(math.log10(self.beta_min), 0.0, self.steps, dtype=torch.float64)
-        return torch.cat([torch.zeros(1, dtype=torch.float64), geometric]).to(device)
+        """`beta_values` as a float32 tensor (the rate-distortion path's axis)."""
+        return torch.tensor(self.beta_values(), device=device)
 
     def likelihood_evaluations(self, chains: int) -> int:
         """Decoder passes per image (forward and backward each), pilot chains included: the cost axis
@@ -129,7 +138,7 @@ def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfr
             log_accept.exp())
 
 
-def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Tensor, *, chains: int, pilots: int,
+def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: list[float], *, chains: int, pilots: int,
             leapfrog: int, generator: torch.Generator, step: float, warmup: int = 0,
             tick: Callable[[], object] | None = None, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Carry `chains + pilots` chains per image along `betas`, from exact samples `z` of pi_{betas[0]}.
@@ -155,26 +164,26 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: torch.Ten
         return z, logl, grad
 
     for _ in range(warmup):  # tunes the step size at the start; exact samples stay exact
-        z, logl, grad = transition(z, logl, grad, float(betas[0]))
-    log_w = torch.zeros(rows * n, dtype=torch.float64, device=z.device)
+        z, logl, grad = transition(z, logl, grad, betas[0])
+    log_w = CompensatedSum(torch.zeros(rows * n, device=z.device, dtype=z.dtype))
     if trace is not None:
-        trace.append(_tempered(log_w, logl, rows, chains))
+        trace.append(_tempered(log_w.total, logl, rows, chains))
     for t in range(1, len(betas)):
         if tick is not None and t % TICK == 0:
             tick()
-        log_w += (betas[t] - betas[t - 1]) * logl.double()
+        log_w.add_((betas[t] - betas[t - 1]) * logl)
         if trace is not None:
-            trace.append(_tempered(log_w, logl, rows, chains))
+            trace.append(_tempered(log_w.total, logl, rows, chains))
         if t < len(betas) - 1:  # the last transition would not change the weights
-            z, logl, grad = transition(z, logl, grad, float(betas[t]))
-    return log_w.view(rows, n)[:chains]
+            z, logl, grad = transition(z, logl, grad, betas[t])
+    return log_w.total.view(rows, n)[:chains]
 
 
 def _tempered(log_w: torch.Tensor, logl: torch.Tensor, rows: int, chains: int) -> torch.Tensor:
     """log Z_beta (the log mean weight) and the distortion E[-log p(y | z)] under pi_beta (weights
     normalised over the counted chains), per image: (2, B)."""
     w = log_w.view(rows, -1)[:chains]
-    distortion = -(torch.softmax(w, 0) * logl.double().view(rows, -1)[:chains]).sum(0)
+    distortion = -(torch.softmax(w, 0) * logl.view(rows, -1)[:chains]).sum(0)
     return torch.stack([_log_mean_exp(w), distortion])
 
 
@@ -195,7 +204,7 @@ def ais_log_prob(decoder: Decoder, y: torch.Tensor, *, chains: int, schedule: Sc
     decoder.eval()
     rows = (chains + schedule.pilots) * len(y)
     z = torch.randn(rows, decoder.z_dim, generator=generator, device=y.device, dtype=y.dtype)
-    log_w = _anneal(decoder, y, z, schedule.betas(y.device), chains=chains, pilots=schedule.pilots,
+    log_w = _anneal(decoder, y, z, schedule.beta_values(), chains=chains, pilots=schedule.pilots,
                     leapfrog=schedule.leapfrog, generator=generator, step=1.0, tick=tick, trace=trace)
     return _log_mean_exp(log_w)
 
@@ -238,7 +247,7 @@ def reverse_ais_log_prob(decoder: Decoder, y: torch.Tensor, z_exact: torch.Tenso
     on log p(y). Only data simulated from the decoder come with exact posterior samples.
     """
     decoder.eval()
-    betas = schedule.betas(y.device).flip(0)
+    betas = schedule.beta_values()[::-1]
     log_w = _anneal(decoder, y, z_exact.repeat(chains + schedule.pilots, 1), betas, chains=chains,
                     pilots=schedule.pilots, leapfrog=schedule.leapfrog, generator=generator, step=0.05, warmup=warmup,
                     tick=tick)
@@ -270,6 +279,6 @@ def bdmc(decoder: Decoder, n: int, *, chains: int, schedule: Schedule, generator
                                               tick=tick), y, batch_size=batch_size)
     reverse = batched(lambda yb, zb: reverse_ais_log_prob(decoder, yb, zb, chains=chains, schedule=schedule,
                                                           generator=generator, tick=tick), y, z, batch_size=batch_size)
-    gap = reverse - forward
-    return {"upper_nll": -forward.mean().item(), "lower_nll": -reverse.mean().item(), "gap": gap.mean().item(),
-            "gap_se": standard_error(gap)}
+    f, r = host(forward), host(reverse)  # means in float64 on the host: gap = upper - lower to the last digit
+    return {"upper_nll": float(-f.mean()), "lower_nll": float(-r.mean()), "gap": float((r - f).mean()),
+            "gap_se": standard_error(r - f)}

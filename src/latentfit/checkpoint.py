@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .io import save_torch, write_csv
-from .runtime import share_cpus
+from .runtime import PROGRESS, share_cpus
 
 
 class Checkpoint:
@@ -64,6 +64,8 @@ def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, tot
     (so live plots follow the run), print the notebook-style line."""
     from tqdm import tqdm
 
+    PROGRESS["resume"] = str(checkpoint.path)
+    PROGRESS["done"] = f"after epoch {len(history)} of {total}"
     for record in history:  # epochs restored from a checkpoint belong to this run's history too
         run.log_epoch(record)
     if history:
@@ -73,6 +75,7 @@ def run_epochs(records, *, history: list[dict], run, checkpoint: Checkpoint, tot
             history.append(record)
             run.log_epoch(record)
             checkpoint.save(history)
+            PROGRESS["done"] = f"after epoch {len(history)} of {total}"
             write_csv(csv, history)
             tqdm.write(line(record))
             bar.update()

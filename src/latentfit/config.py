@@ -33,6 +33,7 @@ class DataParams:
     dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
     mirrors: tuple[str, ...] = ()
     timeout: float = field(default=30.0, metadata=_check(gt=0))
+    verify: Literal["checksums", "shape"] = "checksums"  # shape: accept files the project has no checksum for
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,37 @@ class Params:
     tracking: TrackingParams = TrackingParams()
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
+    def reading(self, keys: tuple[str, ...], stage: str) -> Params:
+        """This view of the params lets `stage` read only `keys` (its `params` in dvc.yaml, which
+        `python -m latentfit.dag` checks against the script's READS): reading any other value fails at once,
+        so a stage can never depend on a param whose change DVC would not re-run it for."""
+        return typing.cast(Params, _Reading(self, frozenset(keys), "", stage))
+
+
+# Where results are logged, not what they are: reading it declares nothing (no stage re-runs for it).
+UNDECLARED_OK = frozenset({"tracking"})
+
+
+class _Reading:
+    """A read-only view of a Params (or one of its sections) that admits the declared keys only."""
+
+    def __init__(self, full: Any, keys: frozenset[str], prefix: str, stage: str):
+        self._full, self._keys, self._prefix, self._stage = full, keys, prefix, stage
+
+    def __getattr__(self, name: str) -> Any:
+        value, key = getattr(self._full, name), self._prefix + name
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in self._keys for i in range(1, len(parts) + 1)) or parts[0] in UNDECLARED_OK:
+            return value
+        if any(k.startswith(key + ".") for k in self._keys):
+            return _Reading(value, self._keys, key + ".", self._stage)
+        raise ParamsError(f"stage {self._stage} reads {key} without declaring it: add '{key}' to READS in "
+                          f"stages/{self._stage.split('@')[0]}.py and to the stage's params in dvc.yaml "
+                          f"(`python -m latentfit.dag` checks both), or DVC would not re-run it when {key} changes")
+
+    def __repr__(self) -> str:
+        return f"<params {self._prefix or ''}readable by {self._stage}: {', '.join(sorted(self._keys))}>"
+
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
@@ -172,11 +204,38 @@ def thread_override() -> int | None:
 
 
 def parse_params(raw: Any) -> Params:
-    return _build(Params, raw, "")
+    params = _build(Params, raw, "")
+    _check_bounds(params)
+    return params
+
+
+def _check_bounds(params: Params) -> None:
+    """Params that bound each other: a value read off a larger run must be within it."""
+    e = params.evaluate
+    within = [  # (key, values, bounding key, bound, what the values are)
+        ("evaluate.prior_mc_curve", e.prior_mc_curve, "evaluate.prior_mc_samples", e.prior_mc_samples,
+         "each M is read off the first M of the prior draws"),
+        ("evaluate.iwae_curve", e.iwae_curve, "evaluate.iwae_samples", e.iwae_samples,
+         "each k is read off the first k of the importance samples"),
+        ("evaluate.ais_curve_steps", e.ais_curve_steps, "evaluate.ais_steps", e.ais_steps,
+         "the convergence figure's schedules are shorter than the headline's"),
+        ("evaluate.ais_curve_images", (e.ais_curve_images,), "evaluate.ais_images", e.ais_images,
+         "the convergence figure's images are the first of the AIS images"),
+        ("evaluate.ais_curve_images", (e.ais_curve_images,), "evaluate.iwae_images", e.iwae_images,
+         "the convergence figure reads the IWAE estimates of its images off the IWAE images"),
+    ]
+    for key, values, bound_key, bound, why in within:
+        over = [v for v in values if v > bound]
+        if over:
+            shown = over[0] if len(values) == 1 else list(values)
+            raise ParamsError(f"{key} = {shown!r} exceeds {bound_key} = {bound}: {why}, so every value must be "
+                              f"<= {bound}. Lower {key} or raise {bound_key}.")
 
 
 def to_flat_dict(params: Any, prefix: str = "") -> dict[str, Any]:
     """`{"train_vae.lr": 0.001, ...}`: the dotted names MLflow and `dvc exp show` use."""
+    if isinstance(params, _Reading):  # the record is of every param, whatever the stage reads
+        params = params._full
     flat: dict[str, Any] = {}
     for f in dataclasses.fields(params):
         value, name = getattr(params, f.name), prefix + f.name

@@ -1,6 +1,7 @@
-"""Stage code dependencies from the imports: `python -m latentfit.dag` checks that each stage of
-dvc.yaml lists exactly the package modules its script imports (directly or through other package
-modules), and prints the lists to paste where they disagree.
+"""Stage dependencies from the code: `python -m latentfit.dag` checks that each stage of dvc.yaml lists
+exactly the package modules its script imports (directly or through other package modules), and exactly
+the params its script declares it reads (`READS`, which the script's params view enforces: a read of
+anything else fails), and prints the lists to paste where they disagree.
 
 An import is read from the source (ast), not executed, so the check is cheap and sees imports inside
 functions too. DVC re-runs a stage when one of its deps changes: a module missing from the list is a
@@ -75,6 +76,29 @@ def module_closure(script: str | Path, package_dir: str | Path) -> set[Path]:
     return seen
 
 
+def declared_reads(script: str | Path) -> list[str]:
+    """The stage script's READS: the params it declares it reads (a literal tuple of dotted keys)."""
+    tree = ast.parse(Path(script).read_text(), filename=str(script))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "READS" for t in node.targets):
+            return sorted(ast.literal_eval(node.value))
+    raise ValueError(f"{script} declares no READS: the params it reads, as a tuple of dotted keys")
+
+
+def check_params(root: str | Path = ".") -> dict[str, tuple[list[str], list[str]]]:
+    """Per stage whose dvc.yaml params disagree with its script's READS: (listed, declared)."""
+    root = Path(root)
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    problems = {}
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        listed = sorted(str(p) for p in stage.get("params", []))
+        declared = declared_reads(root / "stages" / f"{name}.py")
+        if listed != declared:
+            problems[name] = (listed, declared)
+    return problems
+
+
 def check(root: str | Path = ".") -> dict[str, tuple[list[str], list[str]]]:
     """Per stage of dvc.yaml whose code deps disagree with its imports: (listed, expected) source files."""
     root = Path(root)
@@ -101,7 +125,12 @@ def main() -> int:
             print(f"  + {path}  (imported, not listed)")
     if problems:
         print("Fix: make each stage's .py deps in dvc.yaml exactly the lists above.")
-    return 1 if problems else 0
+    params = check_params()
+    for stage, (listed, declared) in params.items():
+        print(f"stage {stage}: dvc.yaml params {listed}, but stages/{stage}.py READS {declared}")
+    if params:
+        print("Fix: make each stage's params in dvc.yaml its READS (a param it reads undeclared does not re-run it).")
+    return 1 if problems or params else 0
 
 
 if __name__ == "__main__":

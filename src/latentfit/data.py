@@ -14,11 +14,24 @@ from torchvision import datasets as tv_datasets
 from tqdm import tqdm
 
 from .errors import DataError, SourceUnreachable
-from .idx import IMAGE_SHAPE, SPLITS, read_idx
+from .idx import IMAGE_SHAPE, SPLITS, idx_bytes, read_idx
 from .io import atomic_path
 
-# torchvision's dataset classes carry the official mirrors and the published MD5 of every file.
+# torchvision's dataset classes carry the official mirrors and the published MD5 of every .gz file.
 _TORCHVISION = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST, "kmnist": tv_datasets.KMNIST}
+
+# SHA-256 of the decompressed IDX bytes: what a mirror that re-compressed the files (Debian's Fashion-MNIST
+# package does) still holds. Computed from the official files (MNIST's, whose .gz MD5s match torchvision's)
+# and from Debian's dataset-fashion-mnist (Fashion-MNIST); the files not listed have only their .gz MD5.
+IDX_SHA256 = {
+    ("mnist", "t10k-images-idx3-ubyte.gz"): "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ("mnist", "t10k-labels-idx1-ubyte.gz"): "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ("mnist", "train-labels-idx1-ubyte.gz"): "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ("fashion-mnist", "t10k-images-idx3-ubyte.gz"): "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ("fashion-mnist", "t10k-labels-idx1-ubyte.gz"): "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ("fashion-mnist", "train-images-idx3-ubyte.gz"): "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ("fashion-mnist", "train-labels-idx1-ubyte.gz"): "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+}
 
 
 @dataclass(frozen=True)
@@ -26,15 +39,58 @@ class FileSpec:
     name: str
     kind: str  # "images" | "labels"
     count: int
-    md5: str
+    md5: str  # of the official .gz
+    dataset: str = ""
+    idx_sha256: str | None = None  # of the decompressed bytes, where known
 
 
 def file_specs(dataset: str) -> list[FileSpec]:
     md5 = dict(_TORCHVISION[dataset].resources)
     specs = []
     for images, labels, count in SPLITS.values():
-        specs += [FileSpec(images, "images", count, md5[images]), FileSpec(labels, "labels", count, md5[labels])]
+        specs += [FileSpec(name, kind, count, md5[name], dataset, IDX_SHA256.get((dataset, name)))
+                  for name, kind in ((images, "images"), (labels, "labels"))]
     return specs
+
+
+def identify(gz_md5: str, idx_sha256: str) -> FileSpec | None:
+    """The file of a known dataset with this content (by its .gz MD5, or its decompressed SHA-256), if any."""
+    for dataset in _TORCHVISION:
+        for spec in file_specs(dataset):
+            if gz_md5 == spec.md5 or idx_sha256 == spec.idx_sha256:
+                return spec
+    return None
+
+
+def check_identity(path: Path, spec: FileSpec, origin: str, trust: bool) -> str:
+    """That the file at `path` (fetched from `origin`) is `spec`'s file of its dataset: its .gz MD5 is the
+    published one, or its decompressed bytes are the known ones. Content known to be another dataset's file
+    is refused always; content the project has no checksum for only with `trust` (data.verify: shape).
+    Returns how it was verified."""
+    data = path.read_bytes()
+    gz_md5 = hashlib.md5(data).hexdigest()
+    if gz_md5 == spec.md5:
+        return "official MD5"
+    raw = idx_bytes(path)
+    sha = hashlib.sha256(raw).hexdigest()
+    if sha == spec.idx_sha256:
+        return "IDX SHA-256 (re-compressed)"
+    other = identify(gz_md5, sha)
+    if other is not None:
+        raise DataError(
+            f"{origin} is {other.dataset}'s {other.name}, not {spec.dataset}'s {spec.name}: data.dataset is "
+            f"'{spec.dataset}'. Fix: set data.dataset: {other.dataset} (`dvc exp run -S data.dataset="
+            f"{other.dataset}`), or list a source of {spec.dataset}'s files under data.mirrors.")
+    if trust:
+        return "shape only (data.verify: shape)"
+    known = f"its IDX content's SHA-256 {sha[:12]}... is not the known {spec.idx_sha256[:12]}..." \
+        if spec.idx_sha256 else f"the project has no checksum of {spec.dataset}'s decompressed {spec.name} to check a " \
+        "re-compressed copy against"
+    raise DataError(
+        f"{origin} is not {spec.dataset}'s {spec.name}: its .gz MD5 {gz_md5} is not the published {spec.md5}, and "
+        f"{known}. Fix: replace {origin} with the official file; or, if you trust this copy (another dataset in "
+        "the same format, your own files), set data.verify: shape to accept any file of the right shape (the "
+        "choice shows in `dvc exp show`).")
 
 
 def official_mirrors(dataset: str) -> list[str]:
@@ -52,56 +108,73 @@ def verify_idx(path: str | Path, spec: FileSpec) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- fetching
-def fetch_dataset(dataset: str, mirrors: list[str], dest: str | Path, timeout: float = 30.0) -> list[Path]:
-    """Fetch and verify the four files of `dataset` into `dest`, trying `mirrors` then the official ones.
+def fetch_dataset(dataset: str, mirrors: list[str], dest: str | Path, timeout: float = 30.0,
+                  trust: bool = False) -> list[tuple[Path, str]]:
+    """Fetch and verify the four files of `dataset` into `dest`, trying `mirrors` then the official ones;
+    returns each file with how its identity was checked.
 
-    Every file is checked against its split's count, so image and label counts agree.
+    Every file is checked to be the named dataset's (`check_identity`; `trust`: data.verify is shape) and
+    against its split's count, so image and label counts agree.
     Each file goes to a temporary name and is renamed into place only once verified, so `dest`
     never holds a partial or unverified file. Raises DataError listing every source tried and why.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     sources = [(m, False) for m in mirrors] + [(m, True) for m in official_mirrors(dataset)]
-    paths: list[Path] = []
+    paths: list[tuple[Path, str]] = []
     unreachable: dict[str, str] = {}
     for spec in file_specs(dataset):
-        failures = []
+        failures, refused = [], False
         for source, official in sources:
             if source in unreachable:
                 failures.append(f"  - {source}: skipped, unreachable earlier ({unreachable[source]})")
                 continue
             try:
-                _fetch_one(source, spec, dest / spec.name, timeout, check_md5=official)
+                how = _fetch_one(source, spec, dest / spec.name, timeout, trust=trust and not official)
                 break
             except DataError as err:
                 if isinstance(err, SourceUnreachable):
                     unreachable[source] = str(err)
+                refused |= isinstance(err, RefusedFile)
                 failures.append(f"  - {source}: {err}")
                 tqdm.write(f"[download] {spec.name} from {source} failed: {err}")
         else:
-            raise DataError(
-                f"could not get {spec.name} of dataset '{dataset}' from any source:\n" + "\n".join(failures)
-                + "\nFix: put the four .gz files in a local directory (or serve them over http) and list it under"
-                " data.mirrors in params.yaml, e.g. `dvc exp run -S 'data.mirrors=[\"/path/to/dir\"]'`."
-            )
-        paths.append(dest / spec.name)
+            fix = ("(each refused file above says what to do)" if refused else
+                   "Fix: put the four .gz files in a local directory (or serve them over http) and list it "
+                   "under data.mirrors in params.yaml, e.g. `dvc exp run -S 'data.mirrors=[\"/path/to/dir\"]'`.")
+            raise DataError(f"could not get {spec.name} of dataset '{dataset}' from any source:\n"
+                            + "\n".join(failures) + "\n" + fix)
+        paths.append((dest / spec.name, how))
     return paths
 
 
-def _fetch_one(source: str, spec: FileSpec, target: Path, timeout: float, check_md5: bool) -> None:
+class RefusedFile(DataError):
+    """A source had the file, and its content is not the dataset's (damaged, truncated, or another dataset)."""
+
+
+def _fetch_one(source: str, spec: FileSpec, target: Path, timeout: float, trust: bool) -> str:
+    """Fetch one file from one source to `target` (atomically, only once verified); returns how it was verified.
+    Errors about the file's content name its source (the URL or the mirror's path), not a temporary file."""
     with atomic_path(target) as tmp:
         if source.startswith(("http://", "https://")):
-            _download(source.rstrip("/") + "/" + spec.name, tmp, timeout)
+            origin = source.rstrip("/") + "/" + spec.name
+            _download(origin, tmp, timeout)
         else:
             local = Path(source.removeprefix("file://")).expanduser() / spec.name
+            origin = str(local)
             if not local.is_file():
                 raise DataError(f"no file {local}")
             shutil.copyfile(local, tmp)
-        if check_md5:
-            digest = hashlib.md5(tmp.read_bytes()).hexdigest()
-            if digest != spec.md5:
-                raise DataError(f"MD5 {digest} does not match the published {spec.md5}")
-        verify_idx(tmp, spec)
+        try:
+            how = check_identity(tmp, spec, origin, trust)
+            verify_idx(tmp, spec)
+        except DataError as err:
+            message = str(err).replace(tmp.name, origin)
+            message = message if origin in message else f"{origin}: {message}"
+            if "Fix:" not in message:
+                message += f". Fix: replace {origin} with an intact copy of the official file."
+            raise RefusedFile(message) from None
+    return how
 
 
 def _download(url: str, path: Path, timeout: float) -> None:

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluation.schema import Interval, interval
 from .likelihood import elbo_terms, log_importance_weights, pairwise_bernoulli_log_prob
 from .models import VAE, Decoder
+from .stats import paired_difference, standard_error
+
+__all__ = ["Sampled", "effective_sample_size", "iwae_sampled", "paired_difference", "prior_mc_sampled",
+           "standard_error", "vae_elbo"]
 
 
 @torch.no_grad()
@@ -59,18 +62,18 @@ def prior_mc_sampled(decoder: Decoder, x: torch.Tensor, draws: torch.Tensor, siz
     ess, kept = [], []
     for i, y in enumerate(x.split(batch_size)):
         running = torch.full((len(y),), -torch.inf, device=y.device)
-        squares = running.double()
+        squares = running.clone()
         keep_here = max(0, min(keep - i * batch_size, len(y)))
         weights = []
         for end, logits in segments:
             log_w = pairwise_bernoulli_log_prob(y, logits)
             running = torch.logaddexp(running, torch.logsumexp(log_w, 1))
-            squares = torch.logaddexp(squares, torch.logsumexp(2 * log_w.double(), 1))
+            squares = torch.logaddexp(squares, torch.logsumexp(2 * log_w, 1))
             if keep_here:
                 weights.append(log_w[:keep_here])
             if end in parts:
                 parts[end].append(running - math.log(end))
-        ess.append(torch.exp(2 * running.double() - squares))
+        ess.append(torch.exp(2 * running - squares))
         if weights:
             kept.append(torch.cat(weights, 1))
     return Sampled({m: torch.cat(p) for m, p in parts.items()}, torch.cat(ess), torch.cat(kept) if kept else None)
@@ -140,18 +143,6 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
 
 
 def effective_sample_size(log_w: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """(sum w)^2 / sum w^2 along `dim`: between 1 (one weight carries all) and the number of weights."""
-    log_w = log_w.double()
+    """(sum w)^2 / sum w^2 along `dim`: between 1 (one weight carries all) and the number of weights (in log
+    space, so float32 weights far below 1 lose nothing)."""
     return torch.exp(2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim))
-
-
-def standard_error(values: torch.Tensor) -> float:
-    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
-
-
-def paired_difference(a: torch.Tensor, b: torch.Tensor, level: float = 0.95) -> Interval:
-    """Mean of a - b over the same images, its standard error and a `level` t-interval.
-
-    Two fits scored on the same images differ far less from image to image than either NLL does
-    (an image that is hard for one is hard for both), so the paired interval is the honest one."""
-    return interval((a - b).double().cpu().numpy(), level)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from torchvision.utils import make_grid
 
 from .fits import label as fit_label
@@ -87,17 +87,21 @@ def latent_manifold(panels: Sequence[tuple[str, torch.Tensor | np.ndarray]], ste
 
 
 def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
-    """Each fit's training objective per epoch, a panel per fit (a VAE's -ELBO with its two terms)."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 4), squeeze=False)
-    styles = {"neg_elbo": "-", "rec": "--", "kl": ":", "neg_iwae": "-.", "nll": "-"}
+    """Each fit's training objective per epoch, a panel per fit (a VAE's -ELBO with its two terms), on one
+    y-axis from 0, so the panels compare at a glance (each objective bounds a different quantity)."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 4), squeeze=False, sharey=True)
+    styles = {"neg_elbo": ("-", "-ELBO"), "rec": ("--", "reconstruction -E[log p(y|z)]"), "kl": (":", "KL(q || p)"),
+              "neg_iwae": ("-.", "-IWAE bound"), "nll": ("-", "MC estimate of -log p(y)")}
     for ax, (name, history) in zip(axes[0], histories.items(), strict=True):
         for column in [c for c in styles if c in history]:
-            ax.plot(history["epoch"], history[column], styles[column], label=column)
-        ax.set_title(f"{fit_label(name)}: training objective (nats/image)")
+            ax.plot(history["epoch"], history[column], styles[column][0], label=styles[column][1])
+        ax.set_title(f"{fit_label(name)}: training objective")
         ax.set_xlabel("epoch")
+        ax.set_ylim(bottom=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
+    axes[0][0].set_ylabel("nats per training image")
     fig.tight_layout()
     return fig
 
@@ -110,7 +114,7 @@ def prior_mc_curve(curve: pd.DataFrame, iwae: dict[str, float], iwae_label: str 
         ax.axhline(iwae[name], color=f"C{i}", ls="--", label=f"{fit_label(name)}: {iwae_label}")
     ax.set_xscale("log")
     ax.set_xlabel("prior draws M")
-    ax.set_ylabel("test NLL (nats/image)")
+    ax.set_ylabel("test NLL (nats/image; axis not from 0)")
     ax.set_title("Prior sampling converges slowly to the likelihood")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -126,7 +130,7 @@ def denoise_sweep(table: pd.DataFrame, fits: list[str], methods: dict[str, str])
             ax.plot(table["flip_prob"], table[f"{name}_{error}"], "o-", color=f"C{i}",
                     label=f"{fit_label(name)} ({methods[name]})")
         ax.set_xlabel("flip probability (each pixel y becomes 1 - y)")
-        ax.set_ylabel(f"{error.upper()} against the clean image ({unit})")
+        ax.set_ylabel(f"{error.upper()} against the clean image ({unit}; axis not from 0)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Denoising: reconstruction of pixel-flipped test images")
@@ -148,7 +152,7 @@ def estimator_convergence(table: pd.DataFrame) -> Figure:
         ax.set_ylim(best - 1, best + 12)  # the converged end matters; early points may be far above
         ax.set_xscale("log")
         ax.set_xlabel("decoder evaluations per image")
-        ax.set_ylabel("test NLL (nats/image)")
+        ax.set_ylabel("test NLL (nats/image): zoomed on the best,\nearlier points are above the top")
         ax.set_title(f"{fit_label(fit)}'s decoder")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
@@ -170,16 +174,17 @@ def gap_walk(stops: list[tuple[str, float]], images: int, baseline: str = "vae")
         ax.text(value, row, f" {value:.2f}{step}", va="center", fontsize=9)
     ax.set_yticks(rows, labels)
     ax.set_xlim(base, values.max() + 0.35 * (values.max() - base))
-    ax.set_xlabel(f"nats per image, the first {images} test images (lower is better)")
+    ax.set_xlabel(f"nats per image, the first {images} test images (lower is better); bars start at {base:.0f}, not 0")
     ax.set_title("From one fit's training objective to the other's likelihood, and up to its bound")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def rate_distortion(curve: pd.DataFrame, encoder: dict[str, tuple[float, float]]) -> Figure:
+def rate_distortion(curve: pd.DataFrame, encoder: dict[str, tuple[float, float]],
+                    posthoc: set[str] | frozenset[str] = frozenset()) -> Figure:
     """The exact posterior's distortion against its rate along the AIS path (beta from 0 to 1), per decoder,
-    with the encoder's own (KL, reconstruction) point."""
+    with the encoder's (KL, reconstruction) point: its own, or for a fit in `posthoc` the post-hoc one."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, fit in enumerate(encoder):
         rows = curve[curve["fit"] == fit].sort_values("beta")
@@ -189,8 +194,11 @@ def rate_distortion(curve: pd.DataFrame, encoder: dict[str, tuple[float, float]]
         ax.plot(rows["rate"], rows["distortion"], "-", color=f"C{i}", label=f"{name}: p(z|y) tempered, beta <= 1")
         last = rows.iloc[-1]
         ax.plot(last["rate"], last["distortion"], "o", color=f"C{i}", label=f"{name}: exact posterior (beta = 1)")
-        ax.plot(*encoder[fit], "x", color=f"C{i}", markersize=9, label=f"{name}: its encoder's q")
+        whose = "its post-hoc encoder's q" if fit in posthoc else "its encoder's q"
+        ax.plot(*encoder[fit], "x", color=f"C{i}", markersize=9, label=f"{name}: {whose}")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # 200, 300 ... rather than 2 x 10^2
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("rate KL(pi_beta || p(z)) (nats)")
     ax.set_ylabel("distortion E[-log p(y | z)] (nats)")
     ax.set_title("Rate and distortion of each decoder's posterior")

@@ -29,6 +29,7 @@ import torch
 
 from .likelihood import bernoulli_log_prob, pairwise_bernoulli_log_prob
 from .models import Decoder
+from .stats import host
 
 PARETO_K_LIMIT = 0.7  # Vehtari et al. 2024: above it, importance sampling's estimate is unreliable
 UNDERFLOW = math.log(np.finfo(np.float64).tiny)  # about -708: exp of a log weight this far below the top is 0
@@ -113,7 +114,7 @@ def pareto_k(log_w: torch.Tensor) -> np.ndarray:
     completely that k is taken as infinite."""
     from arviz_stats.base import array_stats
 
-    lw = log_w.double().cpu().numpy()
+    lw = host(log_w)
     tail = int(math.ceil(min(0.2 * lw.shape[-1], 3 * math.sqrt(lw.shape[-1]))))
     ordered = np.sort(lw, axis=-1)
     degenerate = ordered[..., -tail - 1] - ordered[..., -1] < UNDERFLOW
@@ -134,11 +135,12 @@ def component_use(resp: torch.Tensor) -> dict[str, Any]:
     """How many of the M components carry the images: `used` (those that carry at least one image's worth
     of responsibility), `perplexity` (exp of the entropy of the pooled responsibility: the effective
     number of components), `per_image` (mean of 1 / sum_m r_bm^2: components that share one image)."""
-    pooled = resp.double().sum(0)
+    r = host(resp)
+    pooled = r.sum(0)
     share = pooled / pooled.sum()
-    entropy = -(share * share.clamp_min(1e-300).log()).sum()
-    return {"components": resp.shape[1], "used": int((pooled >= 1.0).sum()), "perplexity": entropy.exp().item(),
-            "per_image": (1.0 / resp.double().pow(2).sum(1)).mean().item()}
+    entropy = -(share * np.log(np.maximum(share, 1e-300))).sum()
+    return {"components": r.shape[1], "used": int((pooled >= 1.0).sum()), "perplexity": float(np.exp(entropy)),
+            "per_image": float((1.0 / (r**2).sum(1)).mean())}
 
 
 def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """Burda et al. 2015: unit u is active when Cov_y(E_q[z_u | y]) > threshold."""
-    return int((mu.double().var(0) > threshold).sum())
+    return int((host(mu).var(0, ddof=1) > threshold).sum())
 
 
 @dataclass

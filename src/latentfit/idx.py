@@ -26,13 +26,18 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         f.write(header + array.tobytes())
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read a gzipped IDX file, failing with a DataError that says what is wrong with it."""
+def idx_bytes(path: str | Path) -> bytes:
+    """The decompressed content of a gzipped file, failing with a DataError that says what is wrong with it."""
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except (EOFError, OSError, zlib.error) as err:
         raise DataError(f"{Path(path).name}: truncated or corrupt gzip ({err})") from err
+
+
+def read_idx(path: str | Path, raw: bytes | None = None) -> np.ndarray:
+    """Read a gzipped IDX file (or its decompressed bytes `raw`), failing with a DataError that says what is wrong."""
+    raw = idx_bytes(path) if raw is None else raw
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{Path(path).name}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'empty'})")
     ndim = raw[3]

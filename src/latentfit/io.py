@@ -82,10 +82,12 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] |
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    """torch.save with every tensor moved to the CPU first, so a file written on a GPU loads on any machine."""
     import torch  # here, not at the top: `latentfit sweep` writes its text files without loading torch
+    from torch.utils._pytree import tree_map
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, obj), tmp)
 
 
 def save_figure(path: str | Path, fig: Any) -> None:

@@ -55,11 +55,13 @@ class FitModel:
     encoder: VAE | None
     train_draws: torch.Tensor | None
     hidden: int
+    trained_on: str = ""  # the device its training stage ran on (cpu, cuda, mps), where the file says
 
 
 def load_fit(name: str, path: str | Path, device: torch.device | str = "cpu") -> FitModel:
     model, saved = load_model(path, device)
     if isinstance(model, VAE):
-        return FitModel(name, model.decoder, model, saved.get("train_draws"), saved["hidden"])
-    return FitModel(name, model, None, saved.get("train_draws"), saved["hidden"])
+        return FitModel(name, model.decoder, model, saved.get("train_draws"), saved["hidden"],
+                        saved.get("trained_on", ""))
+    return FitModel(name, model, None, saved.get("train_draws"), saved["hidden"], saved.get("trained_on", ""))
 

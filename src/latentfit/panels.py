@@ -81,5 +81,6 @@ def curve_figures(histories: Mapping[str, pd.DataFrame], curves: Mapping[str, pd
     own = {f: (s.anatomy.encoder.rate, s.anatomy.encoder.distortion) for f, s in details.fits.items()
            if s.anatomy is not None}
     if own:
-        figs["rate_distortion"] = figures.rate_distortion(curves["rate_distortion"], own)
+        posthoc = {f for f, s in details.fits.items() if not s.own_encoder}
+        figs["rate_distortion"] = figures.rate_distortion(curves["rate_distortion"], own, posthoc)
     return figs

@@ -220,7 +220,9 @@ def metric_rows(m: Details, p: EvaluateParams) -> list[list[object]]:
 
 def render_report(m: Details, params: Params) -> str:
     p, classes = params.evaluate, class_names(params.data.dataset)
-    seconds = ", ".join(f"{label(f)} {s.seconds:.0f} s" for f, s in m.fits.items())
+    seconds = ", ".join(f"{label(f)} {s.seconds:.0f} s" + (f" on {s.ran_on.device} ({s.ran_on.device_name}, torch "
+                                                           f"{s.ran_on.torch})" if s.ran_on else "")
+                        for f, s in m.fits.items())
     return "\n".join([
         f"# {' vs '.join(label(f) for f in m.fits)}", "", headline_verdict(m), "", *verdict_table(m, p), "",
         *why_section(m, classes),

@@ -5,22 +5,36 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import hashlib
 import os
+import platform
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from .config import thread_override
 from .errors import LatentfitError, ParamsError
 
+
+def _user() -> str:
+    """This user's name for a per-user path, on every system (getpass reads the environment, then pwd on POSIX)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        name = "user"
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 # One file per running stage of this user on this machine (its pid): the queue's workers, a sweep's Ray
 # tasks and a person's `dvc repro` all share the same cores, whatever repository they run in.
-RUNNING = Path(tempfile.gettempdir()) / f"latentfit-stages-{os.getuid()}"
+RUNNING = Path(tempfile.gettempdir()) / f"latentfit-stages-{_user()}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -31,6 +45,19 @@ def pick_device(name: str) -> torch.device:
     if not available[name]:
         raise ParamsError(f"device = {name!r} but this machine has no {name}; set device: auto or cpu")
     return torch.device(name)
+
+
+def where(device: torch.device) -> dict[str, str]:
+    """What a result ran on, for the record: the resolved device (`cuda`, not `auto`), its name (the GPU's, or
+    the CPU's) and the torch version. CPU and CUDA draw different numbers from one seed, so every result
+    that depends on the device says which it was."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        name = f"Apple MPS ({platform.machine()})"
+    else:
+        name = platform.processor() or platform.machine() or "cpu"
+    return {"device": device.type, "device_name": name, "torch": torch.__version__}
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -61,13 +88,10 @@ def running_stages() -> int:
     for mark in RUNNING.glob("*"):
         if not mark.name.isdigit():
             continue
-        try:
-            os.kill(int(mark.name), 0)
+        if psutil.pid_exists(int(mark.name)):  # a probe that sends nothing (os.kill(pid, 0) ends it on Windows)
             alive += 1
-        except ProcessLookupError:
+        else:
             mark.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            alive += 1
     return max(alive, 1)
 
 
@@ -97,12 +121,41 @@ def registered() -> Iterator[None]:
         mark.unlink(missing_ok=True)
 
 
+class Interrupted(BaseException):
+    """SIGTERM (a `kill`, a queue worker stopped, a CI timeout), raised like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+# Where the running stage has got to, for the line an interruption prints ("after epoch 4 of 40 ...").
+PROGRESS: dict[str, str] = {}
+
+
+def interrupted_message(stage: str, signum: int) -> str:
+    """The one line an interrupted stage prints: where it stopped and how to go on."""
+    name = signal.Signals(signum).name
+    done, resume = PROGRESS.get("done"), PROGRESS.get("resume")
+    stopped = f" {done}" if done else ""
+    then = (f"`dvc repro` resumes from {resume}" if resume else
+            "nothing was written as complete; `dvc repro` runs the stage again")
+    return f"{stage}: interrupted by {name}{stopped}; {then}"
+
+
 def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
-    """Run a stage's main(); a user error prints one clear line and exits 1, with no traceback."""
+    """Run a stage's main(); a user error prints one clear line and exits 1, an interruption (Ctrl-C, SIGTERM)
+    one line saying where it stopped and how to resume, and exits 128 + the signal (130, 143); no traceback.
+    Every output is written atomically, so an interrupted stage leaves nothing that looks complete."""
 
     def wrap(main: Callable[[], Any]) -> Callable[[], None]:
         @functools.wraps(main)
         def run() -> None:
+            signal.signal(signal.SIGTERM, _terminate)
             try:
                 with registered():
                     share_cpus()
@@ -110,6 +163,10 @@ def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
             except LatentfitError as err:
                 print(f"\n{stage}: error: {err}", file=sys.stderr)
                 sys.exit(1)
+            except (KeyboardInterrupt, Interrupted) as err:
+                signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
+                print(f"\n{interrupted_message(stage, signum)}", file=sys.stderr)
+                sys.exit(128 + signum)
 
         return run
 

@@ -10,7 +10,6 @@ once and goes on, unless `tracking.required` asks it to fail fast.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -21,6 +20,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from filelock import FileLock
 
 from .errors import TrackingError
 
@@ -171,30 +172,26 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(lock_path):  # an OS lock on every system (fcntl on POSIX, msvcrt on Windows)
+        yield
 
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any], experiment: str = "latentfit",
-              required: bool = False) -> Iterator[StageRun]:
-    """One MLflow run for one stage execution, with the params and the grouping tags.
+              required: bool = False, tags: dict[str, str] | None = None) -> Iterator[StageRun]:
+    """One MLflow run for one stage execution, with the params, the grouping tags and `tags` (where it ran).
 
     If the store cannot be reached the block still runs, untracked, after one warning; with
     `required` it raises TrackingError before any work is done.
     """
     default_store = "MLFLOW_TRACKING_URI" not in os.environ
-    with tracking_env_kept(), _stage_run(stage, params, experiment, required, default_store) as run:
+    with tracking_env_kept(), _stage_run(stage, params, experiment, required, default_store, tags or {}) as run:
         yield run
 
 
 @contextlib.contextmanager
 def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bool,
-               default_store: bool) -> Iterator[StageRun]:
+               default_store: bool, extra_tags: dict[str, str]) -> Iterator[StageRun]:
     uri = tracking_uri()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     problem = _unreachable(uri)
@@ -202,7 +199,7 @@ def _stage_run(stage: str, params: dict[str, Any], experiment: str, required: bo
     if run.active:
         import mlflow
 
-        tags = pipeline_tags(stage, params)
+        tags = pipeline_tags(stage, params) | extra_tags
 
         def start() -> None:
             mlflow.set_tracking_uri(uri)

@@ -6,8 +6,12 @@ on its GenAI overview unless the address asks for the model-training view: the l
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from .config import load_params
@@ -45,14 +49,73 @@ def runs_url(repo: Path, host: str = "127.0.0.1", port: int = 5000) -> tuple[str
     return f"{base}/#/experiments/{experiment.experiment_id}?{VIEW}", uri
 
 
+READY_TIMEOUT = 300.0  # seconds `mlflow ui` may take to answer (35-90 s on a busy 2-core machine)
+
+
 def serve(repo: Path, host: str, port: int) -> int:
-    """Print the link, then run `mlflow ui` on the store until interrupted (a server store: just the link)."""
+    """Start `mlflow ui` on the store, print the link once it answers (a server store: just the link), and run
+    until Ctrl-C or SIGTERM, which stop the server and every worker it started (the port is free after)."""
     url, uri = runs_url(repo, host, port)
-    print(f"runs of this project: {url}", flush=True)
     if uri.startswith(("http://", "https://")):
+        print(f"runs of this project: {url}", flush=True)
         return 0
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    server = subprocess.Popen(command, cwd=repo)
     try:
-        return subprocess.run(command, cwd=repo, check=False).returncode
-    except KeyboardInterrupt:
+        print(f"starting the MLflow UI on {uri} (it can take a minute) ...", flush=True)
+        if not _answers(f"http://{host}:{port}/health", server):
+            code = server.poll()
+            raise LatentfitError(f"mlflow ui exited with {code} before answering on {host}:{port}: is the port "
+                                 "taken? try --port" if code is not None else
+                                 f"mlflow ui did not answer on {host}:{port} within {READY_TIMEOUT:.0f} s")
+        print(f"runs of this project: {url}  (Ctrl-C stops the server)", flush=True)
+        return server.wait()
+    except (KeyboardInterrupt, Interrupted):
         return 0
+    finally:
+        stopped = stop_tree(server.pid)
+        signal.signal(signal.SIGTERM, previous)
+        if stopped:
+            print(f"stopped the MLflow UI and its {stopped - 1} worker(s); port {port} is free", flush=True)
+
+
+class Interrupted(Exception):
+    """SIGTERM, raised so that `serve` stops its server as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _answers(url: str, server: subprocess.Popen) -> bool:
+    """Poll `url` until it answers (True), the server exits or READY_TIMEOUT passes (False)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def stop_tree(pid: int, timeout: float = 15.0) -> int:
+    """Terminate the process `pid` and all its descendants (uvicorn's workers), then kill what is left after
+    `timeout` seconds; psutil finds them on every system. Returns how many were running."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return len(procs)

@@ -6,13 +6,18 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from unittest import mock
 
 import pandas as pd
+import psutil
 import pytest
+import torch
 
 from tests.e2e.helpers import (
     FIGURES,
@@ -36,7 +41,7 @@ def base(tmp_path_factory, synthetic_dir):
     """A repository after one full `dvc repro`; tests read it and never change it."""
     repo = new_repo(tmp_path_factory.mktemp("pipeline"))
     with FileServer(synthetic_dir) as server:
-        repo.set_params(data={"mirrors": [server.url]}, **SMALL)
+        repo.set_params(data={"mirrors": [server.url], "verify": "shape"}, **SMALL)
         repo.commit("pipeline")
         repo.first_run = repo.dvc("repro")
         repo.commit("repro")  # dvc.lock and the small outputs, as a user commits them
@@ -90,10 +95,13 @@ def test_metrics_hold_every_key(base):
                     "iwae": {"vae": fits["vae"]["test"]["iwae_nll"], "direct": fits["direct"]["test"]["iwae_nll"],
                              "gap": pair["gap"]["iwae"]["mean"]},
                     "nelbo": {"vae": fits["vae"]["test"]["neg_elbo"]},
-                    "prior": {"direct": fits["direct"]["test"]["prior_mc_nll"]}}
+                    "prior": {"direct": fits["direct"]["test"]["prior_mc_nll"]},
+                    "device": "cpu"}  # where both fits were trained and evaluated (resolved from `device: auto`)
     for fit in ("vae", "direct"):  # the comparison holds what each fit's own stage wrote, unchanged
         assert fits[fit] == repo.json(f"metrics/{fit}/scores.json")
         assert set(fits[fit]["latent"]) == {"knn_accuracy", "silhouette"}
+        assert fits[fit]["ran_on"]["device"] == fits[fit]["ran_on"]["trained_on"] == "cpu"
+        assert fits[fit]["ran_on"]["torch"] == torch.__version__
         assert fits[fit]["sample_fd"] > ev["reference"]["data_fd"] >= 0
         images = pd.read_csv(repo.path / f"metrics/{fit}/images.csv")
         test = images[images["split"] == "test"]
@@ -146,6 +154,9 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(csv[column]), rel=1e-5)
     assert by_stage["train_vae"].data.params["train_vae.epochs"] == "2"
+    for stage in ("train_vae", "train_direct", "reference", "evaluate@vae", "evaluate@direct"):  # where each ran
+        tags = by_stage[stage].data.tags
+        assert tags["device"] == "cpu" and tags["torch"] == torch.__version__ and tags["device_name"], stage
     assert by_stage["evaluate@vae"].data.metrics["test.neg_elbo"] == pytest.approx(
         repo.json("metrics/vae/scores.json")["test"]["neg_elbo"])
     artifacts = {a.path for a in client.list_artifacts(by_stage["visualize"].info.run_id, "figures")}
@@ -236,6 +247,7 @@ def browser() -> str:
     return found
 
 
+@pytest.mark.browser
 def test_latentfit_ui_opens_on_the_pipelines_runs_in_a_real_browser(base, tmp_path):
     import html
 
@@ -247,10 +259,30 @@ def test_latentfit_ui_opens_on_the_pipelines_runs_in_a_real_browser(base, tmp_pa
     url = base.run(*cli, "--print-url").strip()
     experiment = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}").get_experiment_by_name("latentfit")
     assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
-    with serving(cli, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", cwd=base.path, env=base.env):
+    # `latentfit ui` itself: the link once the server answers, then SIGTERM to it alone stops every worker
+    ui = subprocess.Popen(cli, cwd=base.path, env=base.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("runs of this project:")):
+            line = ui.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        assert lines[0].startswith("starting the MLflow UI") and url in lines[-1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10):  # up when the link shows
+            pass
+        workers = psutil.Process(ui.pid).children(recursive=True)
         page = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
                                "--virtual-time-budget=30000", "--dump-dom", url],
                               capture_output=True, text=True, timeout=180, check=False).stdout
+        ui.send_signal(signal.SIGTERM)
+        out, _ = ui.communicate(timeout=60)
+        assert ui.returncode == 0 and f"port {port} is free" in out, out
+        assert workers and not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, "something still listens on the UI's port"
+    finally:
+        if ui.poll() is None:
+            ui.kill()
     text = html.unescape(re.sub(r"<[^>]+>", " ", page))
     pipeline = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}").search_runs(
         [experiment.experiment_id], "tags.stage = 'pipeline'")[0].info.run_name

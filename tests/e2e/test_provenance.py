@@ -42,7 +42,7 @@ def test_a_queued_experiment_runs_its_snapshot_not_the_workspace(tmp_path, synth
     assert found.strip() == str(repo.path / "src/latentfit/prepare.py"), "the package resolves to the workspace"
 
     with FileServer(synthetic_dir) as server:
-        repo.set_params(data={"mirrors": [server.url]}, **SMALL)
+        repo.set_params(data={"mirrors": [server.url], "verify": "shape"}, **SMALL)
         repo.commit("pipeline")
         repo.run(python, "-m", "dvc", "repro", "preprocess")
     repo.commit("data")

@@ -32,7 +32,7 @@ TINY = {**SMALL, "preprocess": {"train_limit": 300, "test_limit": 100},
 def base(tmp_path_factory, synthetic_dir):
     """A committed repository after one `dvc repro` on tiny data (a local directory as its mirror)."""
     repo = new_repo(tmp_path_factory.mktemp("sweep"))
-    repo.set_params(data={"mirrors": [str(synthetic_dir)]}, **TINY)
+    repo.set_params(data={"mirrors": [str(synthetic_dir)], "verify": "shape"}, **TINY)
     repo.commit("pipeline")
     repo.dvc("repro")
     repo.commit("repro")

@@ -32,6 +32,7 @@ from ..likelihood import mc_marginal_log_prob
 from ..modelfile import FitModel
 from ..models import VAE, Decoder
 from ..runtime import share_cpus
+from ..stats import host
 from .likelihoods import Likelihoods, Streams, ais_schedule
 from .why import (
     DecoderAnatomy,
@@ -94,11 +95,11 @@ def _encoder_use(encoder: VAE, x: torch.Tensor, amortised: dict[str, torch.Tenso
 
 
 def _reliability(sampled: Sampled, draws: int, rate: torch.Tensor | None = None) -> Reliability:
-    ess = sampled.ess.double()
+    ess = host(sampled.ess)
     k = pareto_k(sampled.log_w) if sampled.log_w is not None else np.array([])
     above = None if rate is None else int((rate[: len(k)] > math.log(draws)).sum())
     median = float(np.median(k)) if len(k) else math.nan
-    return Reliability(draws=draws, images=len(ess), ess_median=ess.median().item(), ess_min=ess.min().item(),
+    return Reliability(draws=draws, images=len(ess), ess_median=float(np.median(ess)), ess_min=float(ess.min()),
                        k_images=len(k), k_median=median if math.isfinite(median) else None,
                        flagged=int((k > PARETO_K_LIMIT).sum()), rate_above_log_draws=above)
 

@@ -19,7 +19,7 @@ from ..posthoc import Classifier
 from ..runtime import share_cpus, stream
 from .anatomy import anatomy
 from .likelihoods import Likelihoods, estimator_curve, likelihoods, test_scores
-from .schema import FitScores
+from .schema import FitScores, RanOn
 from .structure import denoising, latent_structure, sample_fd
 
 RD_COLUMNS = ["fit", "beta", "rate", "distortion"]
@@ -50,9 +50,11 @@ def _per_image(columns: dict[str, torch.Tensor], labels: torch.Tensor, split: st
 
 def evaluate_fit(fit: FitModel, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor], p: EvaluateParams, *,
                  classifier: Classifier, reference: tuple[np.ndarray, np.ndarray], model_md5: str = "",
-                 log: Callable[[dict[str, Any], str], None] = lambda record, prefix: None) -> FitEvaluation:
+                 log: Callable[[dict[str, Any], str], None] = lambda record, prefix: None,
+                 ran_on: RanOn | None = None) -> FitEvaluation:
     """One fit on the test images. `classifier` and `reference` (the test images' feature mean and
-    covariance) come from the reference stage; `log(record, prefix)` receives the post-hoc encoder's epochs."""
+    covariance) come from the reference stage; `log(record, prefix)` receives the post-hoc encoder's epochs;
+    `ran_on` (the device) goes on the record."""
     start, x_train, x = time.perf_counter(), train["x"], test["x"]
     device = x.device
 
@@ -94,5 +96,5 @@ def evaluate_fit(fit: FitModel, train: dict[str, torch.Tensor], test: dict[str, 
         images = pd.concat([images, _per_image(train_columns, train["y"][:n], "train")], ignore_index=True)
     result = FitScores(fit=fit.name, own_encoder=fit.encoder is not None, model_md5=model_md5, test=scores,
                        bdmc=check, denoise=denoise, latent=latent, sample_fd=fd,
-                       seconds=time.perf_counter() - start, anatomy=why, mixture=mixture)
+                       seconds=time.perf_counter() - start, anatomy=why, mixture=mixture, ran_on=ran_on)
     return FitEvaluation(result, images, curve, rd_curve, lik, timings)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..fits import BASELINE, CHALLENGER, gap_key, label
-from .why import ClassGap, DecoderAnatomy, Interval, Mixture
-from .why import interval as interval  # re-exported: the one interval every module uses
+from ..stats import Interval
+from ..stats import interval as interval  # re-exported: the one interval every module uses
+from .why import ClassGap, DecoderAnatomy, Mixture
 
 T = TypeVar("T")
 
@@ -87,6 +88,16 @@ class Latent:
 
 
 @dataclass(frozen=True)
+class RanOn:
+    """Where a fit's evaluate stage ran: CPU and CUDA draw different numbers from one seed."""
+
+    device: str  # cpu | cuda | mps (resolved, never `auto`)
+    device_name: str
+    torch: str
+    trained_on: str = ""  # the device of the fit's training stage
+
+
+@dataclass(frozen=True)
 class FitScores:
     """Every number of one fit's evaluate stage: metrics/<fit>/scores.json."""
 
@@ -101,6 +112,7 @@ class FitScores:
     seconds: float
     anatomy: DecoderAnatomy | None = None  # off with evaluate.anatomy: false
     mixture: Mixture | None = None  # a fit that kept its M training draws
+    ran_on: RanOn | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -194,7 +206,8 @@ class Details:
 
     def headline(self) -> dict[str, Any]:
         """metrics/comparison.json, the columns `dvc exp show` lists: nested so they read `ais.gap`."""
-        out: dict[str, dict[str, float]] = {"ais": {}, "iwae": {}, "nelbo": {}, "prior": {}}
+        out: dict[str, Any] = {"ais": {}, "iwae": {}, "nelbo": {}, "prior": {}}
+        devices = sorted({d for f in self.fits.values() if f.ran_on for d in (f.ran_on.device, f.ran_on.trained_on) if d})
         for name, f in self.fits.items():  # each fit's own bound: -ELBO with an encoder, else prior sampling
             out["ais"][name], out["iwae"][name] = f.test.ais_nll, f.test.iwae_nll
             if f.test.neg_elbo is not None:
@@ -203,6 +216,8 @@ class Details:
                 out["prior"][name] = f.test.prior_mc_nll
         for name, pair in self.pairs.items():
             out["ais"][gap_key(name)], out["iwae"][gap_key(name)] = pair.gap.ais.mean, pair.gap.iwae.mean
+        if devices:  # where every fit was trained and evaluated: one column, `cpu` (CPU and CUDA draw differently)
+            out["device"] = "+".join(devices)
         return out
 
 

@@ -1,36 +1,11 @@
 """Why one decoder wins: each fit's `anatomy` numbers (metrics/<fit>/scores.json's `anatomy` and
-`mixture`) and the gap by class of the comparison. Also the one interval every paired number here uses.
-Numpy and scipy only."""
+`mixture`) and the gap by class of the comparison. Numpy only."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean with its standard error and `level` t-interval: a paired gap over images, or a metric over seeds."""
-
-    mean: float
-    se: float
-    lo: float
-    hi: float
-    images: int  # how many values it averages (images, or seeds in a sweep summary)
-
-
-def interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
-    """Mean, standard error and the t-interval of the mean (an interval of width 0 with one value)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    n, mean = len(x), float(x.mean())
-    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.5 + level / 2, df=max(1, n - 1))) * se
-    return Interval(mean, se, mean - half, mean + half, n)
+from ..stats import Interval
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def prepare(options: Options, repo: Path | None = None) -> Sweep:
     runs = plan(options.name, options.sets, options.seeds, params)
     done = landed(repo, commit)
     todo = [run for run in runs if run.name not in done]
-    if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
+    if options.cpus_per_run <= 0 or (options.gpus_per_run or 0.0) < 0:
         raise SweepError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
     how, remote = transport(repo, commit, options)
     experiment = dict(runs[0].fixed).get("tracking.experiment") if runs else None
@@ -65,6 +65,16 @@ def start_ray(options: Options) -> None:
         ray.init(include_dashboard=False, log_to_driver=False)
 
 
+def gpus_per_run(options: Options) -> float:
+    """The GPUs Ray reserves per run: as asked, else one where the cluster has a GPU (device: auto then picks
+    it, and no two runs share it), else none."""
+    import ray
+
+    if options.gpus_per_run is not None:
+        return options.gpus_per_run
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
 def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Outcome]:
     """Run what has not landed yet, each pipeline run under the sweep's MLflow run `parent`; return every
     run's outcome. Failed runs do not stop the others."""
@@ -77,7 +87,7 @@ def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Out
     start_ray(o)
     events = ray.remote(num_cpus=0)(Progress).remote()
     settled = ray.remote(num_cpus=0)(_wait_for)
-    task = ray.remote(num_cpus=o.cpus_per_run, num_gpus=o.gpus_per_run, max_retries=o.max_retries,
+    task = ray.remote(num_cpus=o.cpus_per_run, num_gpus=gpus_per_run(o), max_retries=o.max_retries,
                       retry_exceptions=False)(run_experiment)
     waits = leaders(sweep.todo, stage_params(sweep.repo))
     by_name: dict[str, Any] = {}

@@ -27,7 +27,7 @@ class Options:
     git_remote: str | None = None    # None: one machine, runs share this repository and its cache
     dvc_remote: str | None = None    # the DVC remote's name (default: the repository's default remote)
     cpus_per_run: float = 1.0
-    gpus_per_run: float = 0.0
+    gpus_per_run: float | None = None  # None: one GPU per run where the cluster has GPUs, else none
     max_retries: int = 2             # Ray re-runs a task whose worker or node died
     workdir: str | None = None       # where runs clone the repository (default: the node's temp dir)
     dry_run: bool = False

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tabulate import tabulate
 
 from ..errors import LatentfitError
 from ..evaluation.schema import Details, Interval, fmt, interval, summary_metrics, verdict
@@ -89,14 +90,13 @@ def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, pl
     for point in runs["point"].unique():
         seeds = ", ".join(map(str, sorted(runs[runs.point == point]["seed"])))
         lines += [f"## {point} (seeds {seeds})", "",
-                  f"**AIS: {point_verdict(point, stats)}.** IWAE: {point_verdict(point, stats, 'iwae.gap')}.", "",
-                  "| metric | mean | sd | 95% interval |", "|---|---|---|---|"]
+                  f"**AIS: {point_verdict(point, stats)}.** IWAE: {point_verdict(point, stats, 'iwae.gap')}.", ""]
         digits = {"knn.vae": 4, "knn.direct": 4}
-        for _, s in stats[stats.point == point].iterrows():
-            d = digits.get(s["metric"], 2)
-            lines.append(f"| {s['label']} | {fmt(s['mean'], digits=d)} | {fmt(s['sd'], digits=d)} | "
-                         f"{fmt(s['lo'], digits=d)} to {fmt(s['hi'], digits=d)} |")
-        lines.append("")
+        rows = [[s["label"], fmt(s["mean"], digits=d), fmt(s["sd"], digits=d),
+                 f"{fmt(s['lo'], digits=d)} to {fmt(s['hi'], digits=d)}"]
+                for _, s in stats[stats.point == point].iterrows() for d in [digits.get(s["metric"], 2)]]
+        lines += [tabulate(rows, headers=["metric", "mean", "sd", "95% interval"], tablefmt="github",
+                           disable_numparse=True), ""]
     return "\n".join(lines)
 
 

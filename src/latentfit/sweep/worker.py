@@ -78,7 +78,10 @@ def _step(args: list[str], cwd: Path, env: dict[str, str], log) -> None:
     try:
         code = proc.wait()
     except BaseException:  # Ray cancelled the task, or the driver's Ctrl-C reached us: stop the run
-        os.killpg(proc.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):  # POSIX: the whole session the step started
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
         proc.wait()
         raise
     if code != 0:
