@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference
-from latentfit.ais import Schedule, ais_log_prob
-from latentfit.estimators import iwae_nll
-from latentfit.inference import prior_search
-from latentfit.models import VAE, Decoder
-from latentfit.training import fit_direct, fit_vae, make_optimizer
+from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
+from latentfit.inference.ais import Schedule, ais_log_prob
+from latentfit.inference.estimators import iwae_nll
+from latentfit.inference.reconstruct import prior_search
+from latentfit.model.networks import VAE, Decoder
 
 AIS_IMAGES, AIS_CHAINS = 100, 8  # one batch of the evaluate stage (ais_batch_size)
 

@@ -25,7 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import cpu_name
-from latentfit.runtime import machine_cores
+from latentfit.core.runtime import machine_cores
 from latentfit.sweep.grid import SEED_KEYS
 from latentfit.sweep.repo import landed
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
-from latentfit.config import load_params, to_flat_dict
-from latentfit.data import fetch_dataset
-from latentfit.runtime import stage_main
-from latentfit.tracking import stage_run
+from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.runtime import stage_main
+from latentfit.core.tracking import stage_run
+from latentfit.data.sources import fetch_dataset
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("data",)

@@ -12,17 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import numpy as np
 import torch
 
-from latentfit.config import load_params, to_flat_dict
-from latentfit.errors import ParamsError
+from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.errors import ParamsError
+from latentfit.core.fits import names
+from latentfit.core.io import atomic_dir, file_md5, load_split, write_csv, write_json, write_table
+from latentfit.core.runtime import pick_device, seeded_generator, stage_main, where
+from latentfit.core.tracking import stage_run
 from latentfit.evaluation.run import RD_COLUMNS, evaluate_fit
 from latentfit.evaluation.schema import RanOn
-from latentfit.figure_data import fit_figure_data
-from latentfit.fits import names
-from latentfit.io import atomic_dir, file_md5, load_split, write_csv, write_json, write_table
-from latentfit.modelfile import load_fit
-from latentfit.posthoc import load_classifier
-from latentfit.runtime import pick_device, seeded_generator, stage_main, where
-from latentfit.tracking import stage_run
+from latentfit.fitting.posthoc import load_classifier
+from latentfit.model.files import load_fit
+from latentfit.visualize.arrays import fit_figure_data
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("evaluate", "visualize", "device")

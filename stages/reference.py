@@ -7,12 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
-from latentfit.config import load_params, to_flat_dict
+from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.io import load_split, save_torch, write_json
+from latentfit.core.runtime import pick_device, stage_main, stream, where
+from latentfit.core.tracking import stage_run
 from latentfit.evaluation.reference import reference
-from latentfit.io import load_split, save_torch, write_json
-from latentfit.posthoc import classifier_file
-from latentfit.runtime import pick_device, stage_main, stream, where
-from latentfit.tracking import stage_run
+from latentfit.fitting.posthoc import classifier_file
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("evaluate.seed", "evaluate.classifier_epochs", "evaluate.classifier_lr", "evaluate.classifier_batch_size",

@@ -7,15 +7,15 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
-from latentfit.checkpoint import Checkpoint, run_epochs
-from latentfit.config import load_params, to_flat_dict
-from latentfit.io import load_split, save_torch, write_json
-from latentfit.mlmodels import log_training_data, log_vae
-from latentfit.modelfile import model_file
-from latentfit.models import VAE
-from latentfit.runtime import pick_device, seeded_generator, stage_main, where
-from latentfit.tracking import stage_run
-from latentfit.training import fit_vae, make_optimizer
+from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.io import load_split, save_torch, write_json
+from latentfit.core.runtime import pick_device, seeded_generator, stage_main, where
+from latentfit.core.tracking import stage_run
+from latentfit.fitting.checkpoint import Checkpoint, run_epochs
+from latentfit.fitting.loops import fit_vae, make_optimizer
+from latentfit.model.files import model_file
+from latentfit.model.networks import VAE
+from latentfit.model.registry import log_training_data, log_vae
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("data.dataset", "model", "train_vae", "device")

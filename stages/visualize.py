@@ -14,17 +14,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
-from latentfit.config import load_params, to_flat_dict
-from latentfit.errors import DataError
+from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.errors import DataError
+from latentfit.core.fits import names
+from latentfit.core.io import save_figure, write_json, write_table, write_text
+from latentfit.core.runtime import stage_main
+from latentfit.core.tracking import stage_run
 from latentfit.evaluation.compare import compare, denoise_table, prior_curve
 from latentfit.evaluation.schema import FitScores, Reference
-from latentfit.fits import names
-from latentfit.io import save_figure, write_json, write_table, write_text
-from latentfit.mlmodels import link_and_rank
-from latentfit.panels import curve_figures, model_figures
-from latentfit.report import class_names, render_report
-from latentfit.runtime import stage_main
-from latentfit.tracking import stage_run
+from latentfit.model.registry import link_and_rank
+from latentfit.visualize.panels import curve_figures, model_figures
+from latentfit.visualize.report import class_names, render_report
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("data.dataset", "evaluate", "visualize")

@@ -14,7 +14,7 @@ from typing import Self
 
 import numpy as np
 
-from latentfit.idx import SPLITS, write_idx
+from latentfit.data.idx import SPLITS, write_idx
 
 
 def synthetic_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

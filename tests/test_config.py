@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentfit.config import Params, ParamsError, load_params, parse_params, to_flat_dict
+from latentfit.core.config import Params, ParamsError, load_params, parse_params, to_flat_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

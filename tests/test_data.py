@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from latentfit import data
-from latentfit.data import DataError, fetch_dataset, verify_idx
-from latentfit.idx import read_idx, write_idx
-from latentfit.prepare import prepare_split
+from latentfit.data import sources as data
+from latentfit.data.idx import read_idx, write_idx
+from latentfit.data.prepare import prepare_split
+from latentfit.data.sources import DataError, fetch_dataset, verify_idx
 from tests.synthetic import FileServer
 
 FILES = [spec.name for spec in data.file_specs("mnist")]
@@ -187,7 +187,7 @@ def known_as(monkeypatch, synthetic_dir, dataset: str) -> dict[str, str]:
     """Register the synthetic files' decompressed SHA-256 as `dataset`'s known content; returns them by name."""
     import hashlib
 
-    from latentfit.idx import idx_bytes
+    from latentfit.data.idx import idx_bytes
 
     table = {name: hashlib.sha256(idx_bytes(synthetic_dir / name)).hexdigest() for name in FILES}
     monkeypatch.setattr(data, "IDX_SHA256", {(dataset, name): sha for name, sha in table.items()})

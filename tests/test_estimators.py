@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from latentfit.ais import Schedule, _Target, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
-from latentfit.estimators import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
-from latentfit.likelihood import mc_marginal_log_prob, pairwise_bernoulli_log_prob, standard_normal_log_prob
-from latentfit.models import VAE
+from latentfit.inference.ais import Schedule, _Target, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
+from latentfit.inference.estimators import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
+from latentfit.model.likelihood import mc_marginal_log_prob, pairwise_bernoulli_log_prob, standard_normal_log_prob
+from latentfit.model.networks import VAE
 
 
 @pytest.fixture(autouse=True)
@@ -165,7 +165,7 @@ def test_ais_stays_tight_where_a_gaussian_encoder_fits_badly():
 def test_the_training_iwae_bound_rises_with_k_towards_the_quadrature_log_likelihood():
     """train_vae.iwae_k: likelihood.iwae_bound, averaged over many independent sets of k draws, is a lower
     bound on log p(y) (quadrature, 1-d latent) that rises with k and closes on it; k = 1 is the ELBO."""
-    from latentfit.likelihood import elbo_terms, iwae_bound
+    from latentfit.model.likelihood import elbo_terms, iwae_bound
 
     model, y = small_model(1)
     exact = quadrature_log_prob(model, y, 1)

@@ -12,19 +12,19 @@ import pytest
 import torch
 from scipy import stats
 
-from latentfit.config import parse_params
-from latentfit.estimators import paired_difference
+from latentfit.core.config import parse_params
+from latentfit.core.runtime import stream
 from latentfit.evaluation.compare import compare, denoise_table, prior_curve
 from latentfit.evaluation.reference import reference
 from latentfit.evaluation.run import evaluate_fit
 from latentfit.evaluation.schema import Details, FitScores
-from latentfit.figure_data import fit_figure_data
-from latentfit.modelfile import FitModel
-from latentfit.models import VAE, Decoder
-from latentfit.panels import curve_figures, model_figures
-from latentfit.report import render_report
-from latentfit.runtime import stream
-from latentfit.training import fit_direct, fit_vae, make_optimizer
+from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
+from latentfit.inference.estimators import paired_difference
+from latentfit.model.files import FitModel
+from latentfit.model.networks import VAE, Decoder
+from latentfit.visualize.arrays import fit_figure_data
+from latentfit.visualize.panels import curve_figures, model_figures
+from latentfit.visualize.report import render_report
 from tests.synthetic import synthetic_split
 
 TINY = {

@@ -9,9 +9,8 @@ import pytest
 import torch
 from scipy import optimize
 
-from latentfit.ais import Schedule, ais_path
-from latentfit.estimators import effective_sample_size, prior_mc_sampled
-from latentfit.gaps import (
+from latentfit.inference.ais import Schedule, ais_path
+from latentfit.inference.diagnostics import (
     GaussianFit,
     active_units,
     component_use,
@@ -21,8 +20,9 @@ from latentfit.gaps import (
     rate_distortion,
     responsibilities,
 )
-from latentfit.likelihood import pairwise_bernoulli_log_prob
-from latentfit.models import Decoder
+from latentfit.inference.estimators import effective_sample_size, prior_mc_sampled
+from latentfit.model.likelihood import pairwise_bernoulli_log_prob
+from latentfit.model.networks import Decoder
 
 
 def small_decoder(z_dim: int, seed: int, pixels: int = 12) -> Decoder:

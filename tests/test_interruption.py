@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from latentfit.io import save_split
+from latentfit.core.io import save_split
 from tests.synthetic import synthetic_split
 
 pytestmark = pytest.mark.slow  # real stage processes, trained and interrupted: `pytest -m slow`

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from latentfit.io import atomic_path, write_json
+from latentfit.core.io import atomic_path, write_json
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):

@@ -7,17 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentfit.estimators import prior_mc_nll
 from latentfit.evaluation.reference import entropy_floor
-from latentfit.inference import prior_search
-from latentfit.likelihood import (
+from latentfit.inference.estimators import prior_mc_nll
+from latentfit.inference.reconstruct import prior_search
+from latentfit.model.likelihood import (
     bernoulli_log_prob,
     elbo_terms,
     gaussian_kl,
     mc_marginal_log_prob,
     pairwise_bernoulli_log_prob,
 )
-from latentfit.models import VAE, Decoder
+from latentfit.model.networks import VAE, Decoder
 
 
 @pytest.fixture(autouse=True)

@@ -9,14 +9,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from latentfit.ais import Schedule
-from latentfit.config import parse_params
+from latentfit.core.config import parse_params
+from latentfit.core.runtime import pick_device, stream, where
+from latentfit.core.stats import CompensatedSum
 from latentfit.evaluation.reference import reference
 from latentfit.evaluation.run import evaluate_fit
 from latentfit.evaluation.schema import RanOn
-from latentfit.figure_data import fit_figure_data
-from latentfit.runtime import pick_device, stream, where
-from latentfit.stats import CompensatedSum
+from latentfit.inference.ais import Schedule
+from latentfit.visualize.arrays import fit_figure_data
 from tests.test_evaluation import TINY, split, trained_fits
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "latentfit"

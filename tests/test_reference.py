@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from latentfit.inference import prior_search
-from latentfit.likelihood import elbo_terms, mc_marginal_log_prob
-from latentfit.models import VAE, Decoder
-from latentfit.training import make_optimizer
+from latentfit.fitting.loops import make_optimizer
+from latentfit.inference.reconstruct import prior_search
+from latentfit.model.likelihood import elbo_terms, mc_marginal_log_prob
+from latentfit.model.networks import VAE, Decoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import reference

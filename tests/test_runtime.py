@@ -5,8 +5,8 @@ import subprocess
 import pytest
 import torch
 
-from latentfit import runtime
-from latentfit.errors import ParamsError
+from latentfit.core import runtime
+from latentfit.core.errors import ParamsError
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from latentfit.errors import ParamsError
+from latentfit.core.errors import ParamsError
 from latentfit.sweep.driver import Options, SweepError, leaders, prepare, stage_params
 from latentfit.sweep.grid import SEED_KEYS, parse_seeds, parse_set, plan
 from latentfit.sweep.summary import seed_statistics

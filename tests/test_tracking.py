@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from latentfit.tracking import TrackingError, TrackingWarning, pipeline_tags, stage_run, tracking_uri
+from latentfit.core.tracking import TrackingError, TrackingWarning, pipeline_tags, stage_run, tracking_uri
 
 
 def closed_port_uri() -> str:
@@ -91,8 +91,8 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
     import torch
     from mlflow.tracking import MlflowClient
 
-    from latentfit.mlmodels import REGISTERED, file_md5, log_direct
-    from latentfit.models import Decoder
+    from latentfit.model.networks import Decoder
+    from latentfit.model.registry import REGISTERED, file_md5, log_direct
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     model_file = tmp_path / "direct.pt"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from latentfit.checkpoint import Checkpoint
-from latentfit.models import VAE, Decoder
-from latentfit.training import TrainingError, fit_direct, fit_vae, make_optimizer
+from latentfit.fitting.checkpoint import Checkpoint
+from latentfit.fitting.loops import TrainingError, fit_direct, fit_vae, make_optimizer
+from latentfit.model.networks import VAE, Decoder
 from tests.synthetic import synthetic_split
 
 
@@ -83,7 +83,7 @@ def test_checkpoint_of_other_params_is_discarded(x, tmp_path):
 
 def test_dynamic_binarisation_trains_on_fresh_binary_draws(x, monkeypatch):
     """Each batch the loss sees is a fresh Bernoulli draw of the grey images: binary, and different per epoch."""
-    import latentfit.training as training
+    import latentfit.fitting.loops as training
 
     seen = []
     real = training.elbo_terms

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import LatentfitError
+from latentfit.core.errors import LatentfitError
 
 
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _summary(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .sweep.mlflow_runs import find_parent
-    from .sweep.repo import find_repo
-    from .sweep.summary import summarize
+    from latentfit.sweep.mlflow_runs import find_parent
+    from latentfit.sweep.repo import find_repo
+    from latentfit.sweep.summary import summarize
 
     repo = find_repo()
     parent, uri = find_parent(repo, args.summary_name)
@@ -89,8 +89,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("ray") is None:
         raise LatentfitError("latentfit sweep runs on Ray, which is not installed here: pip install -e '.[sweep]'")
-    from .sweep.driver import Options, sweep
-    from .sweep.grid import parse_seeds
+    from latentfit.sweep.driver import Options, sweep
+    from latentfit.sweep.grid import parse_seeds
 
     options = Options(name=args.name, sets=args.sets, seeds=parse_seeds(args.seeds), address=args.address,
                       git_remote=args.git_remote, dvc_remote=args.dvc_remote, cpus_per_run=args.cpus_per_run,
@@ -103,7 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .ui import find_project, runs_url, serve
+    from latentfit.ui import find_project, runs_url, serve
 
     repo = find_project(Path.cwd())
     if args.print_url:

@@ -14,9 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .config import load_params
-from .errors import LatentfitError
-from .tracking import tracking_uri
+from latentfit.core.config import load_params
+from latentfit.core.errors import LatentfitError
+from latentfit.core.tracking import tracking_uri
 
 VIEW = "workflowType=machine_learning"  # the runs table, not the traces overview (MLflow >= 3.15)
 

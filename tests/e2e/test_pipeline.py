@@ -170,7 +170,7 @@ def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
     import mlflow
     import torch
 
-    from latentfit.modelfile import load_decoder, load_vae
+    from latentfit.model.files import load_decoder, load_vae
 
     z, y = torch.randn(4, 20), torch.rand(3, 784)
     with mock.patch.dict(os.environ):  # set_tracking_uri exports MLFLOW_TRACKING_URI: keep it to this check
@@ -189,8 +189,8 @@ def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
 def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base):
     from mlflow.tracking import MlflowClient
 
-    from latentfit.io import file_md5
-    from latentfit.mlmodels import REGISTERED
+    from latentfit.core.io import file_md5
+    from latentfit.model.registry import REGISTERED
 
     client = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}")
     details = base.json("metrics/comparison_details.json")["fits"]
@@ -214,8 +214,8 @@ def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(ba
     import torch
     from mlflow.models import Model
 
-    from latentfit.mlmodels import REGISTERED
-    from latentfit.modelfile import load_decoder
+    from latentfit.model.files import load_decoder
+    from latentfit.model.registry import REGISTERED
 
     port = free_port()
     env = {**base.env, "MLFLOW_TRACKING_URI": f"sqlite:///{base.path / 'mlflow.db'}"}
@@ -369,7 +369,7 @@ def exp_ref(repo: Repo, name: str) -> str:
 
 
 def test_a_module_only_preprocess_imports_marks_preprocess_and_downstream_changed(repo):
-    prepare = repo.path / "src/latentfit/prepare.py"
+    prepare = repo.path / "src/latentfit/data/prepare.py"
     prepare.write_text(prepare.read_text().replace("div_(255.0)", "div_(256.0)"))
     status = repo.dvc("status")
     changed = set(re.findall(r"^(\w+):", status, flags=re.MULTILINE))
@@ -380,7 +380,7 @@ def test_a_module_only_preprocess_imports_marks_preprocess_and_downstream_change
 
 
 def test_a_figure_change_reruns_only_visualize(repo):
-    figures = repo.path / "src/latentfit/figures.py"
+    figures = repo.path / "src/latentfit/visualize/drawing.py"
     figures.write_text(figures.read_text().replace('ax.grid(alpha=0.3)', 'ax.grid(alpha=0.4)', 1))
     assert set(re.findall(r"^(\w+):", repo.dvc("status"), flags=re.MULTILINE)) == {"visualize"}
     assert ran_stages(repo.dvc("repro")) == {"visualize"}

@@ -38,8 +38,8 @@ def test_a_queued_experiment_runs_its_snapshot_not_the_workspace(tmp_path, synth
     bin_dir = editable_environment(repo, tmp_path / "venv")
     repo.env["PATH"] = f"{bin_dir}{os.pathsep}{repo.env['PATH']}"
     python = str(bin_dir / "python")
-    found = repo.run(python, "-c", "import latentfit.prepare as m; print(m.__file__)")
-    assert found.strip() == str(repo.path / "src/latentfit/prepare.py"), "the package resolves to the workspace"
+    found = repo.run(python, "-c", "import latentfit.data.prepare as m; print(m.__file__)")
+    assert found.strip() == str(repo.path / "src/latentfit/data/prepare.py"), "the package resolves to the workspace"
 
     with FileServer(synthetic_dir) as server:
         repo.set_params(data={"mirrors": [server.url], "verify": "shape"}, **SMALL)
@@ -48,7 +48,7 @@ def test_a_queued_experiment_runs_its_snapshot_not_the_workspace(tmp_path, synth
     repo.commit("data")
     # the README's queue workflow: queue, go on editing, start the queue
     repo.run(python, "-m", "dvc", "exp", "run", "--queue", "-n", "prov", "-S", "preprocess.train_limit=90", "preprocess")
-    prepare = repo.path / "src/latentfit/prepare.py"
+    prepare = repo.path / "src/latentfit/data/prepare.py"
     committed = prepare.read_text()
     assert "div_(255.0)" in committed
     prepare.write_text(committed.replace("div_(255.0)", "div_(256.0)"))  # an edit nobody committed

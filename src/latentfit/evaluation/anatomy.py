@@ -12,10 +12,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ais import AisPath, ais_paths
-from ..config import EvaluateParams
-from ..estimators import Sampled, paired_difference, standard_error
-from ..gaps import (
+from latentfit.core.config import EvaluateParams
+from latentfit.core.runtime import share_cpus
+from latentfit.core.stats import host
+from latentfit.evaluation.anatomy_records import (
+    DecoderAnatomy,
+    EncoderUse,
+    InferenceGaps,
+    Mixture,
+    RateDistortion,
+    Reliability,
+)
+from latentfit.evaluation.likelihoods import Likelihoods, Streams, ais_schedule
+from latentfit.inference.ais import AisPath, ais_paths
+from latentfit.inference.diagnostics import (
     PARETO_K_LIMIT,
     GaussianFit,
     active_units,
@@ -27,21 +37,11 @@ from ..gaps import (
     rate_distortion,
     responsibilities,
 )
-from ..inference import encode
-from ..likelihood import mc_marginal_log_prob
-from ..modelfile import FitModel
-from ..models import VAE, Decoder
-from ..runtime import share_cpus
-from ..stats import host
-from .likelihoods import Likelihoods, Streams, ais_schedule
-from .why import (
-    DecoderAnatomy,
-    EncoderUse,
-    InferenceGaps,
-    Mixture,
-    RateDistortion,
-    Reliability,
-)
+from latentfit.inference.estimators import Sampled, paired_difference, standard_error
+from latentfit.inference.reconstruct import encode
+from latentfit.model.files import FitModel
+from latentfit.model.likelihood import mc_marginal_log_prob
+from latentfit.model.networks import VAE, Decoder
 
 RD_POINTS = 60  # betas of the rate-distortion curve written to its CSV
 

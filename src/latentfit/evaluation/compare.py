@@ -9,10 +9,20 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..config import EvaluateParams
-from ..fits import BASELINE
-from .schema import ESTIMATORS, Details, EstimatorRow, FitScores, Gaps, Pair, Reference, Verdict, interval
-from .why import ClassGap
+from latentfit.core.config import EvaluateParams
+from latentfit.core.fits import BASELINE
+from latentfit.evaluation.anatomy_records import ClassGap
+from latentfit.evaluation.schema import (
+    ESTIMATORS,
+    Details,
+    EstimatorRow,
+    FitScores,
+    Gaps,
+    Pair,
+    Reference,
+    Verdict,
+    interval,
+)
 
 
 def estimator_nll(images: pd.DataFrame, p: EvaluateParams) -> dict[str, np.ndarray]:

@@ -14,16 +14,23 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..ais import AisPath, Schedule, ais_log_prob, ais_paths, bdmc
-from ..config import EvaluateParams
-from ..estimators import Sampled, iwae_sampled, prior_mc_nll, prior_mc_sampled, standard_error, vae_elbo_terms
-from ..modelfile import FitModel
-from ..models import VAE, Decoder
-from ..posthoc import posthoc_encoder
-from ..runtime import share_cpus
-from ..training import fit_vae, make_optimizer
-from .reference import entropy_floor
-from .schema import Bdmc, TestScores
+from latentfit.core.config import EvaluateParams
+from latentfit.core.runtime import share_cpus
+from latentfit.evaluation.reference import entropy_floor
+from latentfit.evaluation.schema import Bdmc, TestScores
+from latentfit.fitting.loops import fit_vae, make_optimizer
+from latentfit.fitting.posthoc import posthoc_encoder
+from latentfit.inference.ais import AisPath, Schedule, ais_log_prob, ais_paths, bdmc
+from latentfit.inference.estimators import (
+    Sampled,
+    iwae_sampled,
+    prior_mc_nll,
+    prior_mc_sampled,
+    standard_error,
+    vae_elbo_terms,
+)
+from latentfit.model.files import FitModel
+from latentfit.model.networks import VAE, Decoder
 
 Streams = Callable[[str], torch.Generator]  # a block's name -> its generator
 

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from scipy import linalg
 from tqdm import tqdm
 
-from ..config import EvaluateParams
-from ..posthoc import Classifier, fit_classifier
-from ..runtime import share_cpus
-from ..training import make_optimizer
-from .schema import Reference
+from latentfit.core.config import EvaluateParams
+from latentfit.core.runtime import share_cpus
+from latentfit.evaluation.schema import Reference
+from latentfit.fitting.loops import make_optimizer
+from latentfit.fitting.posthoc import Classifier, fit_classifier
 
 
 def entropy_floor(x: torch.Tensor) -> float:

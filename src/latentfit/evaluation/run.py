@@ -13,14 +13,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import EvaluateParams
-from ..modelfile import FitModel
-from ..posthoc import Classifier
-from ..runtime import share_cpus, stream
-from .anatomy import anatomy
-from .likelihoods import Likelihoods, estimator_curve, likelihoods, test_scores
-from .schema import FitScores, RanOn
-from .structure import denoising, latent_structure, sample_fd
+from latentfit.core.config import EvaluateParams
+from latentfit.core.runtime import share_cpus, stream
+from latentfit.evaluation.anatomy import anatomy
+from latentfit.evaluation.likelihoods import Likelihoods, estimator_curve, likelihoods, test_scores
+from latentfit.evaluation.schema import FitScores, RanOn
+from latentfit.evaluation.structure import denoising, latent_structure, sample_fd
+from latentfit.fitting.posthoc import Classifier
+from latentfit.model.files import FitModel
 
 RD_COLUMNS = ["fit", "beta", "rate", "distortion"]
 

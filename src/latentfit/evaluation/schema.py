@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..fits import BASELINE, CHALLENGER, gap_key, label
-from ..stats import Interval
-from ..stats import interval as interval  # re-exported: the one interval every module uses
-from .why import ClassGap, DecoderAnatomy, Mixture
+from latentfit.core.fits import BASELINE, CHALLENGER, gap_key, label
+from latentfit.core.stats import Interval
+from latentfit.core.stats import interval as interval  # re-exported: the one interval every module uses
+from latentfit.evaluation.anatomy_records import ClassGap, DecoderAnatomy, Mixture
 
 T = TypeVar("T")
 

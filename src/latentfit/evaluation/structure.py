@@ -11,14 +11,14 @@ import torch
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from ..config import EvaluateParams
-from ..inference import encode, flip_pixels, reconstruct
-from ..likelihood import bernoulli_log_prob
-from ..modelfile import FitModel
-from ..models import VAE, Decoder
-from ..posthoc import Classifier
-from .reference import feature_stats, features, frechet_distance
-from .schema import Denoise, Latent, flip_key
+from latentfit.core.config import EvaluateParams
+from latentfit.evaluation.reference import feature_stats, features, frechet_distance
+from latentfit.evaluation.schema import Denoise, Latent, flip_key
+from latentfit.fitting.posthoc import Classifier
+from latentfit.inference.reconstruct import encode, flip_pixels, reconstruct
+from latentfit.model.files import FitModel
+from latentfit.model.likelihood import bernoulli_log_prob
+from latentfit.model.networks import VAE, Decoder
 
 
 @torch.no_grad()

@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 
-from ..errors import ParamsError
-from ..tracking import tracking_uri
-from .grid import format_overrides, plan
-from .mlflow_runs import record_restored, run_env, sweep_parent
-from .order import leaders, stage_params
-from .repo import dvc, find_repo, git, landed, publish_base, transport
-from .spec import Options, Sweep, SweepError
-from .worker import Outcome, run_experiment, tail
+from latentfit.core.errors import ParamsError
+from latentfit.core.tracking import tracking_uri
+from latentfit.sweep.grid import format_overrides, plan
+from latentfit.sweep.mlflow_runs import record_restored, run_env, sweep_parent
+from latentfit.sweep.order import leaders, stage_params
+from latentfit.sweep.repo import dvc, find_repo, git, landed, publish_base, transport
+from latentfit.sweep.spec import Options, Sweep, SweepError
+from latentfit.sweep.worker import Outcome, run_experiment, tail
 
 __all__ = ["Options", "Sweep", "SweepError", "execute", "prepare", "sweep"]
 
@@ -197,7 +197,7 @@ def _line(outcome: Outcome) -> str:
 
 def sweep(options: Options, repo: Path | None = None, progress: bool = True) -> list[Outcome]:
     """Plan, run and summarise a sweep; raise SweepError listing the runs that failed."""
-    from .summary import summarize  # pandas and matplotlib: loaded only once runs have landed
+    from latentfit.sweep.summary import summarize  # pandas and matplotlib: loaded only once runs have landed
 
     s = prepare(options, repo)
     print(f"sweep {options.name}: {len(s.runs)} run(s) at commit {s.commit[:8]}, "

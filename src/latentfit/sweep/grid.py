@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import parse_params
-from ..errors import ParamsError
+from latentfit.core.config import parse_params
+from latentfit.core.errors import ParamsError
 
 # The params a replicate changes: both fits' training seeds, and the seeds of the estimators and
 # figures computed from them, so replicates share no random draw.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import parse_params, to_flat_dict
-from ..tracking import (
+from latentfit.core.config import parse_params, to_flat_dict
+from latentfit.core.tracking import (
     PARENT,
     PARENT_RUN_ENV,
     RUN_TAGS_ENV,
@@ -24,9 +24,9 @@ from ..tracking import (
     tracking_uri,
     use_experiment,
 )
-from .grid import Run
-from .repo import exp_ref, git, read_json
-from .spec import Sweep, reported
+from latentfit.sweep.grid import Run
+from latentfit.sweep.repo import exp_ref, git, read_json
+from latentfit.sweep.spec import Sweep, reported
 
 
 @contextlib.contextmanager

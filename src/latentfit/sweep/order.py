@@ -8,7 +8,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .grid import Run
+from latentfit.sweep.grid import Run
 
 
 def stage_params(repo: Path) -> dict[str, set[str]]:

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .spec import Options, Sweep, SweepError
-from .worker import Transport, push_run_cache_outputs
+from latentfit.sweep.spec import Options, Sweep, SweepError
+from latentfit.sweep.worker import Transport, push_run_cache_outputs
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LatentfitError
-from ..io import write_json
-from .grid import Run
-from .worker import Transport
+from latentfit.core.errors import LatentfitError
+from latentfit.core.io import write_json
+from latentfit.sweep.grid import Run
+from latentfit.sweep.worker import Transport
 
 
 class SweepError(LatentfitError):

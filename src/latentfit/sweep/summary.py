@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from ..errors import LatentfitError
-from ..evaluation.schema import Details, Interval, fmt, interval, summary_metrics, verdict
-from ..fits import BASELINE, label
-from ..io import save_figure, write_text
-from .grid import point_label
-from .repo import exp_ref, landed, read_json
-from .spec import reported
+from latentfit.core.errors import LatentfitError
+from latentfit.core.fits import BASELINE, label
+from latentfit.core.io import save_figure, write_text
+from latentfit.evaluation.schema import Details, Interval, fmt, interval, summary_metrics, verdict
+from latentfit.sweep.grid import point_label
+from latentfit.sweep.repo import exp_ref, landed, read_json
+from latentfit.sweep.spec import reported
 
 DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
@@ -170,7 +170,7 @@ def summarize(repo: Path, name: str, parent_run: str | None = None, tracking_uri
 def _log(parent_run: str, uri: str, files: list[Path], stats: pd.DataFrame) -> None:
     import mlflow
 
-    from ..tracking import store_lock
+    from latentfit.core.tracking import store_lock
 
     with reported("could not log the summary to MLflow"), store_lock(uri):
         client = mlflow.MlflowClient(uri)

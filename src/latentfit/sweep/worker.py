@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .grid import Run
+from latentfit.sweep.grid import Run
 
 
 @dataclass(frozen=True)

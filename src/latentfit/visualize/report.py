@@ -8,10 +8,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .config import EvaluateParams, Params
-from .evaluation.schema import Details, FitScores, fmt, verdict, walk
-from .evaluation.why import InferenceGaps
-from .fits import label
+from latentfit.core.config import EvaluateParams, Params
+from latentfit.core.fits import label
+from latentfit.evaluation.anatomy_records import InferenceGaps
+from latentfit.evaluation.schema import Details, FitScores, fmt, verdict, walk
 
 FIGURES = "../plots/figures"
 

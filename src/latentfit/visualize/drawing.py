@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from torchvision.utils import make_grid
 
-from .fits import label as fit_label
+from latentfit.core.fits import label as fit_label
 
 SIDE = 28
 

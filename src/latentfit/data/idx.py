@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .io import atomic_path
+from latentfit.core.errors import DataError
+from latentfit.core.io import atomic_path
 
 IMAGE_SHAPE = (28, 28)
 SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .idx import SPLITS, read_idx
+from latentfit.core.errors import DataError
+from latentfit.data.idx import SPLITS, read_idx
 
 BINARIZE_SEED = 0  # the one Bernoulli draw of the test images under dynamic binarisation
 

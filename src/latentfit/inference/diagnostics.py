@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .likelihood import bernoulli_log_prob, pairwise_bernoulli_log_prob
-from .models import Decoder
-from .stats import host
+from latentfit.core.stats import host
+from latentfit.model.likelihood import bernoulli_log_prob, pairwise_bernoulli_log_prob
+from latentfit.model.networks import Decoder
 
 PARETO_K_LIMIT = 0.7  # Vehtari et al. 2024: above it, importance sampling's estimate is unreliable
 UNDERFLOW = math.log(np.finfo(np.float64).tiny)  # about -708: exp of a log weight this far below the top is 0

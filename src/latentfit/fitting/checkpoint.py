@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from .io import save_torch, write_csv
-from .runtime import PROGRESS, share_cpus
+from latentfit.core.io import save_torch, write_csv
+from latentfit.core.runtime import PROGRESS, share_cpus
 
 
 class Checkpoint:

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from sklearn.manifold import TSNE
 
-from .config import VisualizeParams
-from .errors import DataError
-from .inference import encode, flip_pixels, reconstruct
-from .modelfile import FitModel
-from .models import VAE
-from .runtime import stream
+from latentfit.core.config import VisualizeParams
+from latentfit.core.errors import DataError
+from latentfit.core.runtime import stream
+from latentfit.inference.reconstruct import encode, flip_pixels, reconstruct
+from latentfit.model.files import FitModel
+from latentfit.model.networks import VAE
 
 PRIOR_SAMPLES = 36  # the notebook's 6 x 6 grid of prior samples
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock
 
-from .errors import TrackingError
+from latentfit.core.errors import TrackingError
 
 __all__ = ["StageRun", "TrackingError", "stage_run", "tracking_uri"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
-from .models import VAE, Decoder
+from latentfit.core.errors import DataError
+from latentfit.model.networks import VAE, Decoder
 
 
 def model_file(model: VAE | Decoder, **extra: Any) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .likelihood import pairwise_bernoulli_log_prob
-from .modelfile import FitModel
-from .models import VAE, Decoder
+from latentfit.model.files import FitModel
+from latentfit.model.likelihood import pairwise_bernoulli_log_prob
+from latentfit.model.networks import VAE, Decoder
 
 
 def flip_pixels(x: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:

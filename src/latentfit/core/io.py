@@ -18,7 +18,7 @@ import pandas as pd
 if TYPE_CHECKING:
     import torch
 
-from .errors import DataError
+from latentfit.core.errors import DataError
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ParamsError
+from latentfit.core.errors import ParamsError
 
 __all__ = ["THREADS_ENV", "Params", "ParamsError", "load_params", "parse_params", "thread_override", "to_flat_dict"]
 

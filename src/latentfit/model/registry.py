@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import file_md5
-from .models import VAE, Decoder
+from latentfit.core.io import file_md5
+from latentfit.model.networks import VAE, Decoder
 
 REGISTERED = {"vae": "latentfit-vae-decoder", "direct": "latentfit-direct-decoder", "encoder": "latentfit-vae-encoder"}
 DVC_MD5 = "dvc_md5"  # version tag: the md5 DVC records for the model file

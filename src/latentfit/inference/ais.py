@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .estimators import standard_error
-from .models import Decoder
-from .stats import CompensatedSum, host
+from latentfit.core.stats import CompensatedSum, host
+from latentfit.inference.estimators import standard_error
+from latentfit.model.networks import Decoder
 
 TARGET_ACCEPT = 0.65
 TICK = 25  # distributions between calls of an annealing run's `tick`

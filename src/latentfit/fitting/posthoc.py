@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DataError
-from .models import PIXELS, VAE, Decoder
-from .training import batches
+from latentfit.core.errors import DataError
+from latentfit.fitting.loops import batches
+from latentfit.model.networks import PIXELS, VAE, Decoder
 
 
 class Classifier(nn.Module):

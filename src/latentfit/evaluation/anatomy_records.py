@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..stats import Interval
+from latentfit.core.stats import Interval
 
 
 @dataclass(frozen=True)

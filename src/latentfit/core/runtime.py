@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import torch
 
-from .config import thread_override
-from .errors import LatentfitError, ParamsError
+from latentfit.core.config import thread_override
+from latentfit.core.errors import LatentfitError, ParamsError
 
 
 def _user() -> str:

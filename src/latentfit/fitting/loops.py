@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .errors import TrainingError
-from .likelihood import bernoulli_log_prob, elbo_terms, gaussian_kl, iwae_bound, mc_marginal_log_prob
-from .models import VAE, Decoder
+from latentfit.core.errors import TrainingError
+from latentfit.model.likelihood import bernoulli_log_prob, elbo_terms, gaussian_kl, iwae_bound, mc_marginal_log_prob
+from latentfit.model.networks import VAE, Decoder
 
 __all__ = ["TrainingError", "batches", "fit_direct", "fit_vae", "make_optimizer"]
 

@@ -13,9 +13,9 @@ import numpy as np
 from torchvision import datasets as tv_datasets
 from tqdm import tqdm
 
-from .errors import DataError, SourceUnreachable
-from .idx import IMAGE_SHAPE, SPLITS, idx_bytes, read_idx
-from .io import atomic_path
+from latentfit.core.errors import DataError, SourceUnreachable
+from latentfit.core.io import atomic_path
+from latentfit.data.idx import IMAGE_SHAPE, SPLITS, idx_bytes, read_idx
 
 # torchvision's dataset classes carry the official mirrors and the published MD5 of every .gz file.
 _TORCHVISION = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST, "kmnist": tv_datasets.KMNIST}

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import figures
-from .config import VisualizeParams
-from .evaluation.schema import Details, walk
-from .fits import label
+from latentfit.core.config import VisualizeParams
+from latentfit.core.fits import label
+from latentfit.evaluation.schema import Details, walk
+from latentfit.visualize import drawing as figures
 
 
 def _name(classes: list[str], c: int) -> str:
