@@ -56,8 +56,18 @@ def where(device: torch.device) -> dict[str, str]:
     elif device.type == "mps":
         name = f"Apple MPS ({platform.machine()})"
     else:
-        name = platform.processor() or platform.machine() or "cpu"
+        name = _cpu_name()
     return {"device": device.type, "device_name": name, "torch": torch.__version__}
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform module says)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
