@@ -14,12 +14,12 @@ from scipy import stats
 
 from latentfit.core.config import parse_params
 from latentfit.core.runtime import stream
+from latentfit.core.stats import paired_difference
 from latentfit.evaluation.compare import compare, denoise_table, prior_curve
 from latentfit.evaluation.reference import reference
 from latentfit.evaluation.run import evaluate_fit
 from latentfit.evaluation.schema import Details, FitScores
 from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
-from latentfit.inference.estimators import paired_difference
 from latentfit.model.files import FitModel
 from latentfit.model.networks import VAE, Decoder
 from latentfit.visualize.arrays import fit_figure_data

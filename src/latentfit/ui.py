@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from latentfit.core.config import load_params
-from latentfit.core.errors import LatentfitError
+from latentfit.core.errors import Interrupted, LatentfitError, raise_interrupted
 from latentfit.core.tracking import tracking_uri
 
 VIEW = "workflowType=machine_learning"  # the runs table, not the traces overview (MLflow >= 3.15)
@@ -60,7 +60,7 @@ def serve(repo: Path, host: str, port: int) -> int:
         print(f"runs of this project: {url}", flush=True)
         return 0
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)
     server = subprocess.Popen(command, cwd=repo)
     try:
         print(f"starting the MLflow UI on {uri} (it can take a minute) ...", flush=True)
@@ -78,14 +78,6 @@ def serve(repo: Path, host: str, port: int) -> int:
         signal.signal(signal.SIGTERM, previous)
         if stopped:
             print(f"stopped the MLflow UI and its {stopped - 1} worker(s); port {port} is free", flush=True)
-
-
-class Interrupted(Exception):
-    """SIGTERM, raised so that `serve` stops its server as Ctrl-C does."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
 
 
 def _answers(url: str, server: subprocess.Popen) -> bool:

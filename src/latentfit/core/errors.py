@@ -28,3 +28,17 @@ class TrainingError(LatentfitError):
 
 class TrackingError(LatentfitError):
     """The MLflow tracking store is required but cannot be reached."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM (a `kill`, a queue worker stopped, a CI timeout), raised like Ctrl-C's KeyboardInterrupt so that
+    one handler stops a stage or `latentfit ui` cleanly for both. Not an error: nothing went wrong."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_interrupted(signum: int, frame: object) -> None:
+    """A signal handler: `signal.signal(signal.SIGTERM, raise_interrupted)`."""
+    raise Interrupted(signum)

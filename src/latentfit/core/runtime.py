@@ -20,7 +20,7 @@ import psutil
 import torch
 
 from latentfit.core.config import thread_override
-from latentfit.core.errors import LatentfitError, ParamsError
+from latentfit.core.errors import Interrupted, LatentfitError, ParamsError, raise_interrupted
 
 
 def _user() -> str:
@@ -131,18 +131,6 @@ def registered() -> Iterator[None]:
         mark.unlink(missing_ok=True)
 
 
-class Interrupted(BaseException):
-    """SIGTERM (a `kill`, a queue worker stopped, a CI timeout), raised like Ctrl-C's KeyboardInterrupt."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
 # Where the running stage has got to, for the line an interruption prints ("after epoch 4 of 40 ...").
 PROGRESS: dict[str, str] = {}
 
@@ -165,7 +153,7 @@ def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
     def wrap(main: Callable[[], Any]) -> Callable[[], None]:
         @functools.wraps(main)
         def run() -> None:
-            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGTERM, raise_interrupted)
             try:
                 with registered():
                     share_cpus()

@@ -62,16 +62,14 @@ def identify(gz_md5: str, idx_sha256: str) -> FileSpec | None:
     return None
 
 
-def check_identity(path: Path, spec: FileSpec, origin: str, trust: bool) -> str:
-    """That the file at `path` (fetched from `origin`) is `spec`'s file of its dataset: its .gz MD5 is the
-    published one, or its decompressed bytes are the known ones. Content known to be another dataset's file
+def check_identity(path: Path, raw: bytes, spec: FileSpec, origin: str, trust: bool) -> str:
+    """That the file at `path` (fetched from `origin`, decompressed: `raw`) is `spec`'s file of its dataset: its
+    .gz MD5 is the published one, or its decompressed bytes are the known ones. Content known to be another dataset's file
     is refused always; content the project has no checksum for only with `trust` (data.verify: shape).
     Returns how it was verified."""
-    data = path.read_bytes()
-    gz_md5 = hashlib.md5(data).hexdigest()
+    gz_md5 = hashlib.md5(path.read_bytes()).hexdigest()
     if gz_md5 == spec.md5:
         return "official MD5"
-    raw = idx_bytes(path)
     sha = hashlib.sha256(raw).hexdigest()
     if sha == spec.idx_sha256:
         return "IDX SHA-256 (re-compressed)"
@@ -97,8 +95,9 @@ def official_mirrors(dataset: str) -> list[str]:
     return list(_TORCHVISION[dataset].mirrors)
 
 
-def verify_idx(path: str | Path, spec: FileSpec) -> np.ndarray:
-    array = read_idx(path)
+def verify_idx(path: str | Path, spec: FileSpec, raw: bytes | None = None) -> np.ndarray:
+    """The file's array, checked against its split's count and kind (`raw`: its bytes, already decompressed)."""
+    array = read_idx(path, raw)
     expect = (spec.count, *IMAGE_SHAPE) if spec.kind == "images" else (spec.count,)
     if array.shape != expect:
         raise DataError(f"{spec.name}: expected {spec.kind} of shape {expect}, found {array.shape}")
@@ -166,8 +165,9 @@ def _fetch_one(source: str, spec: FileSpec, target: Path, timeout: float, trust:
                 raise DataError(f"no file {local}")
             shutil.copyfile(local, tmp)
         try:
-            how = check_identity(tmp, spec, origin, trust)
-            verify_idx(tmp, spec)
+            raw = idx_bytes(tmp)  # decompressed once, for the identity and the shape checks
+            how = check_identity(tmp, raw, spec, origin, trust)
+            verify_idx(tmp, spec, raw)
         except DataError as err:
             message = str(err).replace(tmp.name, origin)
             message = message if origin in message else f"{origin}: {message}"

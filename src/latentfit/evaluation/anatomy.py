@@ -14,7 +14,7 @@ import torch
 
 from latentfit.core.config import EvaluateParams
 from latentfit.core.runtime import share_cpus
-from latentfit.core.stats import host
+from latentfit.core.stats import host, paired_difference, standard_error
 from latentfit.evaluation.anatomy_records import (
     DecoderAnatomy,
     EncoderUse,
@@ -37,7 +37,7 @@ from latentfit.inference.diagnostics import (
     rate_distortion,
     responsibilities,
 )
-from latentfit.inference.estimators import Sampled, paired_difference, standard_error
+from latentfit.inference.estimators import Sampled
 from latentfit.inference.reconstruct import encode
 from latentfit.model.files import FitModel
 from latentfit.model.likelihood import mc_marginal_log_prob

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from latentfit.core.config import EvaluateParams
 from latentfit.core.runtime import share_cpus
+from latentfit.core.stats import standard_error
 from latentfit.evaluation.reference import entropy_floor
 from latentfit.evaluation.schema import Bdmc, TestScores
 from latentfit.fitting.loops import fit_vae, make_optimizer
@@ -26,7 +27,6 @@ from latentfit.inference.estimators import (
     iwae_sampled,
     prior_mc_nll,
     prior_mc_sampled,
-    standard_error,
     vae_elbo_terms,
 )
 from latentfit.model.files import FitModel

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from latentfit.core.stats import CompensatedSum, host
-from latentfit.inference.estimators import standard_error
+from latentfit.core.stats import CompensatedSum, host, standard_error
 from latentfit.model.networks import Decoder
 
 TARGET_ACCEPT = 0.65

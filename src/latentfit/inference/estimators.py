@@ -10,12 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from latentfit.core.stats import paired_difference, standard_error
+from latentfit.core.stats import standard_error
 from latentfit.model.likelihood import elbo_terms, log_importance_weights, pairwise_bernoulli_log_prob
 from latentfit.model.networks import VAE, Decoder
-
-__all__ = ["Sampled", "effective_sample_size", "iwae_sampled", "paired_difference", "prior_mc_sampled",
-           "standard_error", "vae_elbo"]
 
 
 @torch.no_grad()
