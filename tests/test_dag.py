@@ -70,6 +70,7 @@ INTENDED = {
     "evaluation/anatomy_records.py": {"reference", "evaluate", "visualize"},
     **{f"evaluation/{m}.py": {"evaluate"} for m in ("likelihoods", "structure", "run", "anatomy")},
     "evaluation/compare.py": {"visualize"},
+    "evaluation/across.py": set(),  # `latentfit compare`, between runs: no stage
     # visualize: the figure arrays are computed where the fit's model is loaded
     "visualize/__init__.py": {"evaluate", "visualize"}, "visualize/arrays.py": {"evaluate"},
     **{f"visualize/{m}.py": {"visualize"} for m in ("report", "panels", "drawing")},

@@ -1,7 +1,8 @@
-"""The `latentfit` command: the MLflow UI on this project's runs, sweeps of the pipeline on Ray, and their
-seed statistics.
+"""The `latentfit` command: the MLflow UI on this project's runs, sweeps of the pipeline on Ray and their
+seed statistics, and paired gaps between fits of different runs.
 
     latentfit ui [--port 5000] [--print-url]
+    latentfit compare VAE=runs/elbo/vae IWAE-16=metrics/vae direct=metrics/direct
     latentfit sweep -S model.z_dim=2,5,20 -S train_direct.mc_samples=16,64,256 --seeds 0-4 --name zgrid
     latentfit sweep summary zgrid
 """
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     about, examples = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(prog="latentfit", description=about.replace("\n", " "),
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{ui,sweep}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{ui,sweep,compare}")
     ui = commands.add_parser("ui", help="the MLflow UI on this project's runs",
                              description="Start the MLflow UI on this project's tracking store (MLFLOW_TRACKING_URI, "
                                          "else mlflow.db here), print the link to its runs table once it answers, "
@@ -64,7 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Seed statistics of a sweep's landed runs: metrics/sweeps/NAME/")
     summary.add_argument("summary_name", metavar="NAME")
     summary.set_defaults(run=_summary)
+    compare = commands.add_parser(
+        "compare", help="paired gaps between fits of different runs, from their per-image results",
+        description="Each fit against the first, per estimator (AIS, IWAE, prior sampling), paired over the test "
+                    "images both scored: from each fit's metrics/<fit>/images.csv, so nothing is evaluated again. "
+                    "Copy a fit's metrics/<fit>/ aside before an experiment overwrites it.")
+    compare.add_argument("fits", nargs="+", metavar="NAME=DIR", help="a name for the fit and its metrics/<fit>/ "
+                                                                     "directory (or images.csv); the first is the baseline")
+    compare.add_argument("--csv", help="also write the table as CSV here")
+    compare.set_defaults(run=_compare)
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from latentfit.evaluation.across import markdown, paired_gaps, read_images
+
+    named = {}
+    for item in args.fits:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LatentfitError(f"{item!r} is not NAME=DIR: name each fit, e.g. vae=metrics/vae")
+        named[name] = read_images(path)
+    gaps = paired_gaps(named)
+    if args.csv:
+        from latentfit.core.io import write_csv
+
+        write_csv(args.csv, gaps.to_dict("records"))
+    print(markdown(gaps))
+    return 0
 
 
 def _summary(args: argparse.Namespace) -> int:

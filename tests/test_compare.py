@@ -1,0 +1,70 @@
+"""`latentfit compare`: paired gaps between fits of different runs, from their per-image results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latentfit.cli import main
+from latentfit.core.errors import DataError
+from latentfit.evaluation.across import paired_gaps, read_images
+
+
+def write_images(directory, ais, iwae, labels, iwae_k=1000):
+    """An evaluate stage's images.csv: AIS on the first len(ais) test images, IWAE on the first len(iwae), and a
+    training-image row that must not be paired."""
+    n = len(labels)
+    directory.mkdir(parents=True)
+    frame = pd.DataFrame({"split": "test", "image": np.arange(n), "label": labels})
+    frame["ais"] = np.concatenate([ais, np.full(n - len(ais), np.nan)])
+    frame[f"iwae_{iwae_k}"] = np.concatenate([iwae, np.full(n - len(iwae), np.nan)])
+    frame["iwae_10"] = frame[f"iwae_{iwae_k}"] + 5.0
+    train = pd.DataFrame({"split": ["train"], "image": [0], "label": [labels[0]], "ais": [1e6]})
+    pd.concat([frame, train]).to_csv(directory / "images.csv", index=False)
+    return directory
+
+
+def test_gaps_pair_the_same_images_and_use_the_largest_shared_k(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 12)
+    base_ais, base_iwae = rng.normal(230, 8, 6), rng.normal(232, 8, 10)
+    extra = rng.normal(3.0, 0.5, 10)
+    a = write_images(tmp_path / "a", base_ais, base_iwae, labels)
+    b = write_images(tmp_path / "b", base_ais + extra[:6], base_iwae + extra, labels)
+    gaps = paired_gaps({"base": read_images(a), "other": read_images(b)}).set_index("estimator")
+    assert list(gaps.index) == ["ais", "iwae_1000"]  # the training row and iwae_10 left out
+    assert gaps.loc["ais", "images"] == 6 and gaps.loc["iwae_1000", "images"] == 10
+    assert gaps.loc["ais", "gap"] == pytest.approx(extra[:6].mean())
+    assert gaps.loc["iwae_1000", "gap"] == pytest.approx(extra.mean())
+    assert gaps.loc["ais", "se"] == pytest.approx(extra[:6].std(ddof=1) / np.sqrt(6))
+    assert gaps.loc["ais", "lo"] < gaps.loc["ais", "gap"] < gaps.loc["ais", "hi"]
+    assert gaps.loc["ais", "fit_nll"] == pytest.approx((base_ais + extra[:6]).mean())
+
+
+def test_the_command_prints_each_fit_against_the_first(tmp_path, capsys):
+    labels = np.arange(8) % 10
+    ais = np.linspace(220, 240, 8)
+    a = write_images(tmp_path / "a", ais, ais, labels)
+    b = write_images(tmp_path / "b", ais + 2.0 + 0.1 * np.arange(8) % 3, ais + 4.0, labels)
+    c = write_images(tmp_path / "c", ais - 1.0 + 0.2 * np.arange(8) % 2, ais - 1.5, labels, iwae_k=100)
+    out_csv = tmp_path / "gaps.csv"
+    assert main(["compare", f"VAE={a}", f"IWAE={b}", f"direct={c / 'images.csv'}", "--csv", str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| IWAE") or line.startswith("| direct")]
+    assert len(rows) == 4  # two estimators each; direct's IWAE at the k both have (10)
+    assert "iwae_10 " in printed
+    written = pd.read_csv(out_csv)
+    assert set(written["fit"]) == {"IWAE", "direct"} and set(written["baseline"]) == {"VAE"}
+
+
+def test_runs_on_other_images_or_a_missing_file_are_refused(tmp_path, capsys):
+    labels = np.arange(6) % 10
+    a = write_images(tmp_path / "a", np.ones(6), np.ones(6), labels)
+    b = write_images(tmp_path / "b", np.ones(6), np.ones(6), labels[::-1].copy())
+    with pytest.raises(DataError, match="not scored on the same test images"):
+        paired_gaps({"a": read_images(a), "b": read_images(b)})
+    assert main(["compare", f"a={a}", f"b={tmp_path / 'nowhere'}"]) == 1
+    assert "nowhere is missing: give a fit's metrics directory" in capsys.readouterr().err
+    assert main(["compare", f"a={a}", str(b)]) == 1
+    assert "is not NAME=DIR" in capsys.readouterr().err
