@@ -65,6 +65,36 @@ def test_runs_on_other_images_or_a_missing_file_are_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="not scored on the same test images"):
         paired_gaps({"a": read_images(a), "b": read_images(b)})
     assert main(["compare", f"a={a}", f"b={tmp_path / 'nowhere'}"]) == 1
-    assert "nowhere is missing: give a fit's metrics directory" in capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere' / 'images.csv'} is missing: give a fit's metrics directory" in capsys.readouterr().err
     assert main(["compare", f"a={a}", str(b)]) == 1
     assert "is not NAME=DIR" in capsys.readouterr().err
+
+
+def test_a_fit_is_read_as_another_revision_or_experiment_has_it(tmp_path, monkeypatch, capsys):
+    """DIR@REV: the file as a commit or a DVC experiment (by its name) has it, from DVC's cache, while the
+    workspace holds another run's."""
+    from tests.e2e.helpers import Repo
+
+    repo = Repo(tmp_path)
+    repo.run("git", "init", "-q")
+    repo.dvc("init", "-q")
+    (tmp_path / "params.yaml").write_text("shift: 0.0\n")
+    (tmp_path / "write.py").write_text(
+        "import pathlib, numpy as np, pandas as pd, yaml\n"
+        "shift = yaml.safe_load(open('params.yaml'))['shift']\n"
+        "out = pathlib.Path('metrics/vae'); out.mkdir(parents=True, exist_ok=True)\n"
+        "pd.DataFrame({'split': 'test', 'image': range(6), 'label': [1, 2, 3, 4, 5, 6],\n"
+        "              'ais': 230.0 + np.arange(6) + shift}).to_csv(out / 'images.csv', index=False)\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: python write.py\n    deps: [write.py]\n"
+                                       "    params: [shift]\n    outs: [metrics/vae]\n")
+    repo.dvc("repro", "-q")
+    repo.commit("the baseline run")
+    repo.dvc("exp", "run", "-q", "-n", "shifted", "-S", "shift=2.5")
+    repo.dvc("exp", "run", "-q", "-S", "shift=7.0")  # the workspace: a third run's
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "base=metrics/vae@HEAD", "exp=metrics/vae@shifted", "now=metrics/vae"]) == 0
+    printed = capsys.readouterr().out
+    assert "| exp " in printed and "2.50 ± 0.00" in printed
+    assert "| now " in printed and "7.00 ± 0.00" in printed
+    with pytest.raises(DataError, match=r"metrics/vae/images.csv@no-such-rev: .*dvc exp show"):
+        read_images("metrics/vae", rev="no-such-rev")

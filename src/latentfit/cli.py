@@ -2,7 +2,7 @@
 seed statistics, and paired gaps between fits of different runs.
 
     latentfit ui [--port 5000] [--print-url]
-    latentfit compare VAE=runs/elbo/vae IWAE-16=metrics/vae direct=metrics/direct
+    latentfit compare VAE=metrics/vae@main IWAE-64=metrics/vae@iwae64 direct=metrics/direct
     latentfit sweep -S model.z_dim=2,5,20 -S train_direct.mc_samples=16,64,256 --seeds 0-4 --name zgrid
     latentfit sweep summary zgrid
 """
@@ -68,24 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="paired gaps between fits of different runs, from their per-image results",
         description="Each fit against the first, per estimator (AIS, IWAE, prior sampling), paired over the test "
-                    "images both scored: from each fit's metrics/<fit>/images.csv, so nothing is evaluated again. "
-                    "Copy a fit's metrics/<fit>/ aside before an experiment overwrites it.")
+                    "images both scored: from each fit's metrics/<fit>/images.csv, so nothing is evaluated again; "
+                    "DIR@REV reads it as a commit, branch, tag or experiment (`dvc exp show`) has it.")
     compare.add_argument("fits", nargs="+", metavar="NAME=DIR", help="a name for the fit and its metrics/<fit>/ "
-                                                                     "directory (or images.csv); the first is the baseline")
+                                                                     "directory (or images.csv), @REV for another "
+                                                                     "revision's; the first is the baseline")
     compare.add_argument("--csv", help="also write the table as CSV here")
     compare.set_defaults(run=_compare)
     return parser
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from latentfit.evaluation.across import markdown, paired_gaps, read_images
 
     named = {}
     for item in args.fits:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise LatentfitError(f"{item!r} is not NAME=DIR: name each fit, e.g. vae=metrics/vae")
-        named[name] = read_images(path)
+        name, sep, where = item.partition("=")
+        path, at, rev = where.rpartition("@") if "@" in where and not Path(where).exists() else (where, "", "")
+        if not sep or not name or not path or (at and not rev):
+            raise LatentfitError(f"{item!r} is not NAME=DIR or NAME=DIR@REV: name each fit, e.g. vae=metrics/vae "
+                                 "or iwae=metrics/vae@iwae64")
+        named[name] = read_images(path, rev or None)
     gaps = paired_gaps(named)
     if args.csv:
         from latentfit.core.io import write_csv

@@ -1,7 +1,8 @@
 """Paired gaps between fits from different runs (`latentfit compare`). Every `evaluate@<fit>` stage writes its
 per-image NLLs (`metrics/<fit>/images.csv`); two runs that scored the same test images pair image by image, so
 a fit of one experiment (the VAE trained by the IWAE bound, say) can be set against the fits of another without
-evaluating anything again. Pandas and numpy only: nothing here runs a model."""
+evaluating anything again: from the workspace, or from any revision DVC knows (a commit, branch, tag or experiment
+name; the file comes from DVC's cache). Pandas and numpy only: nothing here runs a model."""
 
 from __future__ import annotations
 
@@ -18,18 +19,41 @@ ESTIMATOR_COLUMNS = {"ais": re.compile(r"ais"), "iwae": re.compile(r"iwae_(\d+)"
                      "prior_mc": re.compile(r"prior_mc_(\d+)")}
 
 
-def read_images(path: str | Path) -> pd.DataFrame:
-    """A fit's per-image results: `path` is its `metrics/<fit>/` directory or the `images.csv` in it."""
+def read_images(path: str | Path, rev: str | None = None) -> pd.DataFrame:
+    """A fit's per-image results: `path` is its `metrics/<fit>/` directory or the `images.csv` in it, in the
+    workspace, or at revision `rev` (a commit, branch, tag or `dvc exp show` experiment name)."""
     path = Path(path)
-    file = path / "images.csv" if path.is_dir() else path
-    if not file.is_file():
+    file = path if path.suffix == ".csv" else path / "images.csv"
+    if rev is not None:
+        frame = _read_at(file, rev)
+    elif not file.is_file():
         raise DataError(f"{file} is missing: give a fit's metrics directory (metrics/<fit>/, written by "
-                        "`dvc repro evaluate@<fit>`) or its images.csv")
-    frame = pd.read_csv(file)
+                        "`dvc repro evaluate@<fit>`) or its images.csv, or DIR@REV for another revision's")
+    else:
+        frame = pd.read_csv(file)
     missing = {"split", "image", "label", "ais"} - set(frame.columns)
     if missing:
         raise DataError(f"{file} has no column {', '.join(sorted(missing))}: it is not an evaluate stage's images.csv")
     return frame[frame["split"] == "test"].set_index("image").sort_index()
+
+
+def _read_at(file: Path, rev: str) -> pd.DataFrame:
+    """`file` (relative to the working directory, inside this DVC repository) as revision `rev` has it."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.scm import SCM, resolve_rev
+    from scmrepo.exceptions import SCMError
+
+    try:
+        root = Path(Repo.find_root()).resolve()
+        inside = file.resolve().relative_to(root).as_posix()
+        sha = resolve_rev(SCM(str(root)), rev)  # experiment names too, which git alone does not know
+        with dvc.api.open(inside, repo=str(root), rev=sha) as handle:
+            return pd.read_csv(handle)
+    except (DvcException, SCMError, ValueError, FileNotFoundError) as err:
+        raise DataError(f"{file}@{rev}: {err}. Give a revision of this repository (`git log`, `dvc exp show`) whose "
+                        "dvc.lock has that fit's evaluate output, and run from inside the repository") from err
 
 
 def _column(frames: list[pd.DataFrame], estimator: str) -> str | None:
