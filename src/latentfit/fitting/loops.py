@@ -72,6 +72,11 @@ def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, ep
         yield record
 
 
+def vae_objective(record: dict) -> float:
+    """What an epoch of `fit_vae` minimised: its -IWAE bound (iwae_k > 1), else its -ELBO."""
+    return record.get("neg_iwae", record["neg_elbo"])
+
+
 def _vae_loss(model: VAE, y: torch.Tensor, generator: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch's loss, and its summed (rec, kl) terms (with k > 1, at the first draw, and -IWAE bound)."""
     z_dim = model.decoder.z_dim
