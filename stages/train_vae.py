@@ -50,9 +50,8 @@ def main() -> None:
         save_torch(MODEL, model_file(model, trained_on=device.type))
         # dvc exp show's column train.vae: the objective it trained (-IWAE with iwae_k > 1, not its -ELBO)
         write_json(METRICS, {"train": {"vae": vae_objective(last)}})
-        run.log_metrics({"rec": last["rec"], "kl": last["kl"], "neg_elbo": last["neg_elbo"],
-                         **({"neg_iwae": last["neg_iwae"]} if "neg_iwae" in last else {}),
-                         "seconds_per_epoch": mean(r["seconds"] for r in history)}, prefix="final.")
+        run.log_metrics({k: last[k] for k in ("rec", "kl", "neg_elbo", "neg_iwae") if k in last}
+                        | {"seconds_per_epoch": mean(r["seconds"] for r in history)}, prefix="final.")
         run.log_artifact(HISTORY)
         run.call(log_vae, model, x, MODEL)  # last: it moves the weights to the CPU
     checkpoint.clear()
