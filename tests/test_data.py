@@ -15,7 +15,7 @@ from latentfit.data import sources as data
 from latentfit.data.idx import read_idx, write_idx
 from latentfit.data.prepare import prepare_split
 from latentfit.data.sources import DataError, fetch_dataset, verify_idx
-from tests.synthetic import FileServer
+from tests.synthetic import FileServer, write_synthetic_dataset
 
 FILES = [spec.name for spec in data.file_specs("mnist")]
 
@@ -42,9 +42,11 @@ def broken_copy(synthetic_dir, tmp_path, name, damage):
 
 
 def raw_is_clean(raw):
-    """data/raw holds only verified files under their final names: no partial or temporary file."""
-    for path in raw.iterdir():
+    """data/raw holds only verified files under their final names, or is not there (a failed first download):
+    no partial or temporary file in it or beside it."""
+    for path in raw.iterdir() if raw.exists() else []:
         assert path.name in FILES, f"stray file {path.name}"
+    assert [p.name for p in raw.parent.iterdir() if p.name.startswith(f".{raw.name}.")] == []
 
 
 def test_idx_round_trip(tmp_path):
@@ -232,3 +234,121 @@ def test_debians_fashion_mnist_passes_as_itself_and_is_refused_as_mnist(tmp_path
     assert {how for _, how in paths} == {"IDX SHA-256 (re-compressed)"}
     with pytest.raises(DataError, match="is fashion-mnist's train-images-idx3-ubyte.gz, not mnist's"):
         fetch_dataset("mnist", [str(DEBIAN_FASHION)], tmp_path / "raw2")
+
+
+# ---------------------------------------------------------------- one source per download (data.verify: shape)
+TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = (spec.name for spec in data.file_specs("mnist"))
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    """A second synthetic dataset, standing in for Fashion-MNIST (the synthetic_dir one stands in for MNIST)."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("fashion"), seed=7)
+
+
+def idx_sha(path):
+    import hashlib
+
+    from latentfit.data.idx import idx_bytes
+
+    return hashlib.sha256(idx_bytes(path)).hexdigest()
+
+
+@pytest.fixture
+def two_known_datasets(monkeypatch, synthetic_dir, fashion_dir):
+    """The synthetic files known as MNIST's (all but its training images, as in the real table) and the
+    second set known as Fashion-MNIST's."""
+    table = {("mnist", name): idx_sha(synthetic_dir / name) for name in FILES if name != TRAIN_IMAGES}
+    table |= {("fashion-mnist", name): idx_sha(fashion_dir / name) for name in FILES}
+    monkeypatch.setattr(data, "IDX_SHA256", table)
+
+
+def recompressed(path):
+    return gzip.compress(gzip.decompress(path.read_bytes()), 1)
+
+
+def contents(raw):
+    return {path.name: gzip.decompress(path.read_bytes()) for path in raw.iterdir()}
+
+
+@pytest.mark.parametrize("served", ["directory", "http"])
+def test_a_mirror_with_a_file_of_another_dataset_is_not_used_at_all(synthetic_dir, fashion_dir, tmp_path, monkeypatch,
+                                                                      two_known_datasets, capsys, served):
+    """The issue's case: a Fashion-MNIST mirror whose training images are MNIST's, re-compressed (no known
+    checksum: accepted by shape), and whose test labels are MNIST's (identified). Per-file fallback would pair
+    MNIST images with Fashion labels, every check passing; now the mirror is not used at all."""
+    mirror = tmp_path / "mixed"
+    shutil.copytree(fashion_dir, mirror)
+    (mirror / TRAIN_IMAGES).write_bytes(recompressed(synthetic_dir / TRAIN_IMAGES))
+    shutil.copyfile(synthetic_dir / TEST_LABELS, mirror / TEST_LABELS)
+    with FileServer(mirror) as mirror_server, FileServer(fashion_dir) as official:
+        source = str(mirror) if served == "directory" else mirror_server.url
+        origin = str(mirror / TEST_LABELS) if served == "directory" else mirror_server.url + TEST_LABELS
+        for trust in (True, False):
+            raw = tmp_path / f"raw-{trust}"
+            # no other source: the download fails, naming the source, the file and what it is
+            with pytest.raises(DataError) as err:
+                fetch_dataset("fashion-mnist", [source], raw, trust=trust)
+            message = str(err.value)
+            if trust:
+                assert f"{origin} is mnist's {TEST_LABELS}, not fashion-mnist's {TEST_LABELS}" in message
+                assert f"no file of {source} is used" in message
+            else:  # checksums: the unknown training images are refused already
+                assert f"is not fashion-mnist's {TRAIN_IMAGES}" in message
+            assert not raw.exists()
+            raw_is_clean(raw)
+            # with the official source after it: all four files from there, none from the mirror
+            monkeypatch.setattr(data, "official_mirrors", lambda dataset, url=official.url: [url])
+            capsys.readouterr()
+            paths = fetch_dataset("fashion-mnist", [source], raw, trust=trust)
+            monkeypatch.setattr(data, "official_mirrors", lambda dataset: [])
+            assert contents(raw) == contents(fashion_dir)
+            assert {how for _, how in paths} == {"IDX SHA-256 (re-compressed)"}
+            if trust:
+                log = capsys.readouterr().out
+                assert f"is mnist's {TEST_LABELS}" in log and f"no file of {source} is used" in log
+
+
+def test_under_verify_shape_a_mirror_missing_a_file_is_not_used_at_all(synthetic_dir, fashion_dir, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(fashion_dir, partial)
+    (partial / TEST_LABELS).unlink()
+    paths = fetch_dataset("mnist", [str(partial), str(synthetic_dir)], tmp_path / "raw", trust=True)
+    assert contents(tmp_path / "raw") == contents(synthetic_dir)  # all four from the second mirror
+    assert [path for path, _ in paths] == [tmp_path / "raw" / name for name in FILES]
+
+
+def test_under_checksums_each_file_may_come_from_another_source(synthetic_dir, tmp_path, monkeypatch):
+    """Each file's content is pinned by its checksum, so taking them from several sources pairs nothing wrongly."""
+    known_as(monkeypatch, synthetic_dir, "mnist")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for mirror, names in ((first, FILES[:3]), (second, FILES[3:])):
+        mirror.mkdir()
+        for name in names:
+            (mirror / name).write_bytes(recompressed(synthetic_dir / name))
+    fetch_dataset("mnist", [str(first), str(second)], tmp_path / "raw")
+    assert contents(tmp_path / "raw") == contents(synthetic_dir)
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_file_of_the_other_split_is_named_as_such(synthetic_dir, tmp_path, monkeypatch, trust):
+    known_as(monkeypatch, synthetic_dir, "mnist")
+    mirror = broken_copy(synthetic_dir, tmp_path, TRAIN_LABELS, lambda p: shutil.copyfile(synthetic_dir / TEST_LABELS, p))
+    with pytest.raises(DataError) as err:
+        fetch_dataset("mnist", [str(mirror)], tmp_path / "raw", trust=trust)
+    message = str(err.value)
+    assert (f"{mirror / TRAIN_LABELS} is mnist's {TEST_LABELS} (its test split's labels), not mnist's {TRAIN_LABELS} "
+            "(its train split's labels)") in message
+    assert "data.dataset" not in message  # it is the right dataset already
+
+
+def test_a_failed_download_leaves_the_previous_files_as_they_were(synthetic_dir, fashion_dir, tmp_path):
+    raw = tmp_path / "raw"
+    fetch_dataset("mnist", [str(synthetic_dir)], raw, trust=True)
+    partial = tmp_path / "partial"
+    shutil.copytree(fashion_dir, partial)
+    (partial / TEST_LABELS).unlink()
+    with pytest.raises(DataError):
+        fetch_dataset("mnist", [str(partial)], raw, trust=True)
+    assert contents(raw) == contents(synthetic_dir)
+    raw_is_clean(raw)

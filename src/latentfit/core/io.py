@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,19 +40,65 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds, so an
-    interrupted stage leaves the old directory whole (or none), never a half-written one."""
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds.
+
+    The old directory is renamed aside (`.NAME.old-PID`), the new one renamed in, and only then is the aside
+    removed: at every step `path` is the whole old directory or the whole new one, never a mix or a part.
+    An error or interruption (Ctrl-C, SIGTERM) in the block or in the replacement leaves the old one in place.
+    Only a process killed outright (SIGKILL, power loss) in the instant between the two renames leaves no
+    `path`, its old directory whole beside it: the next atomic_dir call on `path` (or `restore_dir`) renames
+    it back first. Each call also removes what killed earlier calls on `path` left behind. One writer per
+    path at a time (DVC locks a stage's outputs); leftovers of a process still running are left alone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    restore_dir(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
+    aside = path.parent / f".{path.name}.old-{os.getpid()}"
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            if path.exists():
+                os.rename(path, aside)  # (1) the old one aside, whole: `path` is missing until (2)
+            os.replace(tmp, path)  # (2) the new one in, whole
+        except BaseException:
+            if aside.exists() and not path.exists():
+                os.rename(aside, path)  # stopped between (1) and (2): the old one back
+            raise
+        shutil.rmtree(aside, ignore_errors=True)  # (3) only now; if stopped, the next call removes the rest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore_dir(path: str | Path) -> None:
+    """Undo what atomic_dir calls on `path` that were killed left behind: if `path` is missing and its old
+    directory was renamed aside, rename it back (that replacement never completed); remove the rest."""
+    path = Path(path)
+    asides, temporaries = _leftovers(path)
+    if asides and not os.path.lexists(path):
+        os.rename(asides.pop(), path)  # there is one at most: every call restores before it moves one aside
+    for leftover in asides + temporaries:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _leftovers(path: Path) -> tuple[list[Path], list[Path]]:
+    """The asides and temporaries of atomic_dir calls on `path` by processes that have ended, or by this
+    one (an earlier call, interrupted); temporaries without a PID are an older version's."""
+    import psutil  # here, not at the top: only atomic_dir needs it (os.kill(pid, 0) would end a process on Windows)
+
+    name = re.compile(rf"\.{re.escape(path.name)}\.(?:old-(\d+)|(?:(\d+)-)?[a-z0-9_]+\.tmp)")
+    asides: list[Path] = []
+    temporaries: list[Path] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path.parent):
+            match = name.fullmatch(entry.name)
+            if match is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            pid = match[1] or match[2]
+            if pid is None or int(pid) == os.getpid() or not psutil.pid_exists(int(pid)):
+                (asides if match[1] else temporaries).append(Path(entry.path))
+    return sorted(asides), sorted(temporaries)
 
 
 def _umask() -> int:

@@ -14,7 +14,7 @@ from torchvision import datasets as tv_datasets
 from tqdm import tqdm
 
 from latentfit.core.errors import DataError, SourceUnreachable
-from latentfit.core.io import atomic_path
+from latentfit.core.io import atomic_dir, atomic_path
 from latentfit.data.idx import IMAGE_SHAPE, SPLITS, idx_bytes, read_idx
 
 # torchvision's dataset classes carry the official mirrors and the published MD5 of every .gz file.
@@ -42,13 +42,17 @@ class FileSpec:
     md5: str  # of the official .gz
     dataset: str = ""
     idx_sha256: str | None = None  # of the decompressed bytes, where known
+    split: str = ""  # "train" | "test"
+
+    def describe(self) -> str:
+        return f"{self.dataset}'s {self.name} (its {self.split} split's {self.kind})"
 
 
 def file_specs(dataset: str) -> list[FileSpec]:
     md5 = dict(_TORCHVISION[dataset].resources)
     specs = []
-    for images, labels, count in SPLITS.values():
-        specs += [FileSpec(name, kind, count, md5[name], dataset, IDX_SHA256.get((dataset, name)))
+    for split, (images, labels, count) in SPLITS.items():
+        specs += [FileSpec(name, kind, count, md5[name], dataset, IDX_SHA256.get((dataset, name)), split)
                   for name, kind in ((images, "images"), (labels, "labels"))]
     return specs
 
@@ -74,6 +78,10 @@ def check_identity(path: Path, raw: bytes, spec: FileSpec, origin: str, trust: b
     if sha == spec.idx_sha256:
         return "IDX SHA-256 (re-compressed)"
     other = identify(gz_md5, sha)
+    if other is not None and other.dataset == spec.dataset:  # the right dataset, another of its files
+        raise DataError(
+            f"{origin} is {other.describe()}, not {spec.describe()}: the source holds {other.name} under the name {spec.name}. "
+            f"Fix: put {spec.dataset}'s {spec.name} at {origin}, or take that source out of data.mirrors.")
     if other is not None:
         raise DataError(
             f"{origin} is {other.dataset}'s {other.name}, not {spec.dataset}'s {spec.name}: data.dataset is "
@@ -113,38 +121,69 @@ def fetch_dataset(dataset: str, mirrors: list[str], dest: str | Path, timeout: f
     returns each file with how its identity was checked.
 
     Every file is checked to be the named dataset's (`check_identity`; `trust`: data.verify is shape) and
-    against its split's count, so image and label counts agree.
-    Each file goes to a temporary name and is renamed into place only once verified, so `dest`
-    never holds a partial or unverified file. Raises DataError listing every source tried and why.
+    against its split's count, so image and label counts agree. Without `trust` every file's content is pinned
+    by a checksum, so each may come from any source. With it a file no checksum pins is taken by its shape, so
+    the four come from one source: one mirror, or else the official sources (their files always checked by
+    MD5). A source with any file missing, damaged or identified as another file is then not used at all: no
+    run pairs one source's images with another source's labels.
+    `dest` is replaced whole (atomic_dir) once all four files are verified: it never holds a partial,
+    unverified or unpaired file, and a failed download leaves it as it was. Raises DataError listing every
+    source tried and why.
     """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    specs = file_specs(dataset)
     sources = [(m, False) for m in mirrors] + [(m, True) for m in official_mirrors(dataset)]
-    paths: list[tuple[Path, str]] = []
-    unreachable: dict[str, str] = {}
-    for spec in file_specs(dataset):
-        failures, refused = [], False
-        for source, official in sources:
-            if source in unreachable:
-                failures.append(f"  - {source}: skipped, unreachable earlier ({unreachable[source]})")
-                continue
-            try:
-                how = _fetch_one(source, spec, dest / spec.name, timeout, trust=trust and not official)
-                break
-            except DataError as err:
-                if isinstance(err, SourceUnreachable):
-                    unreachable[source] = str(err)
-                refused |= isinstance(err, RefusedFile)
-                failures.append(f"  - {source}: {err}")
-                tqdm.write(f"[download] {spec.name} from {source} failed: {err}")
+    # the groups of sources whose files one download may combine: under shape each mirror is one, the official
+    # sources (every file checked by its MD5) another; under checksums all sources are one
+    groups = ([[s] for s in sources if not s[1]] + [[s for s in sources if s[1]]]) if trust else [sources]
+    tried: list[str] = []  # for each group that failed, its sources' failures on the file it lacked
+    missing, refused = specs[0], False
+    unreachable: dict[str, str] = {}  # sources that did not answer: not asked again for the other files
+    with atomic_dir(dest) as tmp:
+        for group in filter(None, groups):
+            hows: list[str] = []
+            for spec in specs:
+                how, failures, refused_here = _fetch_file(group, spec, tmp, timeout, trust, unreachable)
+                if how is None:
+                    missing, refused, tried = spec, refused or refused_here, tried + failures
+                    break
+                hows.append(how)
+            else:
+                break  # all four from this group
+            if trust and not group[0][1]:  # a mirror: none of its files is used unless all four are
+                for spec in specs:
+                    (tmp / spec.name).unlink(missing_ok=True)
+                why = f"no file of {group[0][0]} is used: data.verify: shape takes all four from one source"
+                tried.append(f"    so {why}")
+                tqdm.write(f"[download] {why}")
         else:
             fix = ("(each refused file above says what to do)" if refused else
                    "Fix: put the four .gz files in a local directory (or serve them over http) and list it "
                    "under data.mirrors in params.yaml, e.g. `dvc exp run -S 'data.mirrors=[\"/path/to/dir\"]'`.")
-            raise DataError(f"could not get {spec.name} of dataset '{dataset}' from any source:\n"
-                            + "\n".join(failures) + "\n" + fix)
-        paths.append((dest / spec.name, how))
-    return paths
+            what = f"the four files of dataset '{dataset}' from any one source" if trust else \
+                f"{missing.name} of dataset '{dataset}' from any source"
+            raise DataError(f"could not get {what}:\n" + "\n".join(tried) + "\n" + fix)
+    return [(Path(dest) / spec.name, how) for spec, how in zip(specs, hows, strict=True)]
+
+
+def _fetch_file(group: list[tuple[str, bool]], spec: FileSpec, dest: Path, timeout: float, trust: bool,
+                unreachable: dict[str, str]) -> tuple[str | None, list[str], bool]:
+    """One file into `dest` from the first of `group`'s sources (each: its URL or path, and whether it is
+    official) that has it intact. Returns how it was verified (None: no source had it), every source's failure,
+    and whether any source had a file whose content was refused."""
+    failures, refused = [], False
+    for source, official in group:
+        if source in unreachable:
+            failures.append(f"  - {source}: skipped, unreachable earlier ({unreachable[source]})")
+            continue
+        try:
+            return _fetch_one(source, spec, dest / spec.name, timeout, trust=trust and not official), failures, refused
+        except DataError as err:
+            if isinstance(err, SourceUnreachable):
+                unreachable[source] = str(err)
+            refused |= isinstance(err, RefusedFile)
+            failures.append(f"  - {source}: {err}")
+            tqdm.write(f"[download] {spec.name} from {source} failed: {err}")
+    return None, failures, refused
 
 
 class RefusedFile(DataError):
@@ -169,7 +208,7 @@ def _fetch_one(source: str, spec: FileSpec, target: Path, timeout: float, trust:
             how = check_identity(tmp, raw, spec, origin, trust)
             verify_idx(tmp, spec, raw)
         except DataError as err:
-            message = str(err).replace(tmp.name, origin)
+            message = str(err).replace(str(tmp), origin).replace(tmp.name, origin)
             message = message if origin in message else f"{origin}: {message}"
             if "Fix:" not in message:
                 message += f". Fix: replace {origin} with an intact copy of the official file."
