@@ -1,6 +1,7 @@
-"""Stage 6, the final one: compares the fits from what each `evaluate@<fit>` stage wrote (paired gaps and
+"""The final stage: compares params.yaml's fits from what each `evaluate@<fit>` stage wrote (paired gaps and
 their intervals, the verdict, metrics/report.md, the `dvc exp show` headline, the registry's alias) and
-draws every figure: the notebook's, the training curves and the evaluation's curves. Runs no model."""
+draws every figure (visualize/panels.FIGURES): the notebook's, the training curves and the evaluation's
+curves, from each fit's figure_data@<fit> arrays. Runs no model."""
 
 import json
 import sys
@@ -16,23 +17,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 
 from latentfit.core.config import load_params, to_flat_dict
 from latentfit.core.errors import DataError
-from latentfit.core.fits import names
 from latentfit.core.io import save_figure, write_json, write_table, write_text
 from latentfit.core.runtime import stage_main
 from latentfit.core.tracking import stage_run
-from latentfit.evaluation.compare import compare, denoise_table, prior_curve
+from latentfit.evaluation.compare import compare, denoise_table, long_form, prior_curve
 from latentfit.evaluation.schema import FitScores, Reference
 from latentfit.model.registry import link_and_rank
 from latentfit.visualize.panels import curve_figures, model_figures
 from latentfit.visualize.report import class_names, render_report
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
-READS = ("data.dataset", "evaluate", "visualize")
+READS = ("data.dataset", "fits", "evaluate.ais_chains", "evaluate.ais_steps", "evaluate.ais_images",
+         "evaluate.iwae_images", "evaluate.iwae_samples", "evaluate.prior_mc_samples", "evaluate.knn_neighbours",
+         "evaluate.search_candidates", "visualize.n_show", "visualize.flip_prob", "visualize.search_candidates",
+         "visualize.interp_from", "visualize.interp_to", "visualize.interp_steps", "visualize.manifold_steps",
+         "visualize.manifold_span")
 
 REFERENCE = "metrics/reference.json"
 HEADLINE, DETAILS, REPORT = "metrics/comparison.json", "metrics/comparison_details.json", "metrics/report.md"
-CURVES = {"prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv", "estimators": "plots/estimators.csv",
-          "rate_distortion": "plots/rate_distortion.csv"}
+CURVES = {"training": "plots/training.csv", "prior_mc": "plots/prior_mc.csv", "denoise": "plots/denoise.csv",
+          "estimators": "plots/estimators.csv", "rate_distortion": "plots/rate_distortion.csv"}
 FIGURES = Path("plots/figures")
 
 
@@ -47,10 +51,12 @@ class FitFiles(NamedTuple):
 
 
 def read_fit(name: str) -> FitFiles:
-    where = Path("metrics") / name
+    where, figure_data = Path("metrics/fits") / name, Path("evaluation") / name / "figure_data" / "figures.npz"
     if not (where / "scores.json").is_file():
         raise DataError(f"{where}/scores.json is missing: run `dvc repro evaluate@{name}` first")
-    with np.load(where / "figures.npz") as arrays:
+    if not figure_data.is_file():
+        raise DataError(f"{figure_data} is missing: run `dvc repro figure_data@{name}` first")
+    with np.load(figure_data) as arrays:
         figure_arrays = dict(arrays)
     return FitFiles(FitScores.from_dict(json.loads((where / "scores.json").read_text())),
                     pd.read_csv(where / "images.csv"), pd.read_csv(where / "estimators.csv"),
@@ -60,7 +66,7 @@ def read_fit(name: str) -> FitFiles:
 @stage_main("visualize")
 def main() -> None:
     params = load_params().reading(READS, "visualize")
-    fits = {name: read_fit(name) for name in names()}
+    fits = {name: read_fit(name) for name in params.fits}
     reference = Reference.from_dict(json.loads(Path(REFERENCE).read_text())["reference"])
     images = {f: r.images for f, r in fits.items()}
     details = compare({f: r.scores for f, r in fits.items()}, images, reference, params.evaluate)
@@ -70,9 +76,9 @@ def main() -> None:
     report = render_report(details, params)
     # Opened before any drawing: with tracking.required an unreachable store fails before the work.
     with stage_run("visualize", to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
-        for key, path in CURVES.items():
-            write_table(path, curves[key])
-        histories = {f: pd.read_csv(f"plots/train_{f}.csv") for f in fits}
+        histories = {f: pd.read_csv(f"plots/train/{f}.csv") for f in fits}
+        for key, path in CURVES.items():  # long form, a row per fit and point: DVC's plots draw every fit
+            write_table(path, long_form(key, curves, histories))
         classes = class_names(params.data.dataset)
         figs = model_figures({f: r.arrays for f, r in fits.items()}, params.visualize, classes)
         figs |= curve_figures(histories, curves, details)

@@ -17,14 +17,13 @@ from latentfit.core.runtime import stream
 from latentfit.core.stats import paired_difference
 from latentfit.evaluation.compare import compare, denoise_table, prior_curve
 from latentfit.evaluation.reference import reference
-from latentfit.evaluation.run import evaluate_fit
 from latentfit.evaluation.schema import Details, FitScores
 from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
 from latentfit.model.files import FitModel
 from latentfit.model.networks import VAE, Decoder
-from latentfit.visualize.arrays import fit_figure_data
 from latentfit.visualize.panels import curve_figures, model_figures
 from latentfit.visualize.report import render_report
+from tests.blocks import evaluate_fit
 from tests.synthetic import synthetic_split
 
 TINY = {
@@ -60,16 +59,16 @@ def trained_fits() -> dict[str, FitModel]:
 
 
 @pytest.fixture(scope="module")
-def evaluated():
+def evaluated(tmp_path_factory):
     params = parse_params(TINY)
     train, test = split(300, 1), split(120, 2)
     fits = trained_fits()
     ref, classifier, ref_stats = reference(train, test, params.evaluate, stream(0, "reference"))
     logged: list[str] = []
-    results = {name: evaluate_fit(fit, train, test, params.evaluate, classifier=classifier, reference=ref_stats,
-                                  log=lambda record, prefix: logged.append(prefix)) for name, fit in fits.items()}
-    arrays = {name: fit_figure_data(fits[name], results[name].likelihoods.encoder, train, test, params.visualize)
-              for name in fits}
+    work = tmp_path_factory.mktemp("evaluation")
+    results = {name: evaluate_fit(fit, train, test, params, work, classifier=classifier, reference=ref_stats,
+                                  logged=logged) for name, fit in fits.items()}
+    arrays = {name: results[name].arrays for name in fits}
     return params, fits, train, test, ref, (classifier, ref_stats), results, arrays, logged
 
 
@@ -179,11 +178,11 @@ def _numbers(result) -> dict:
     return {k: v for k, v in result.scores.to_dict().items() if k not in drop}
 
 
-def test_switching_the_anatomy_off_changes_no_other_number(evaluated):
+def test_switching_the_anatomy_off_changes_no_other_number(evaluated, tmp_path):
     params, fits, train, test, _, (classifier, ref_stats), results, _, _ = evaluated
-    off = dataclasses.replace(params.evaluate, anatomy=False)
+    off = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, anatomy=False))
     torch.manual_seed(123)  # whatever ran before: each block seeds its own stream
-    again = evaluate_fit(fits["direct"], train, test, off, classifier=classifier, reference=ref_stats)
+    again = evaluate_fit(fits["direct"], train, test, off, tmp_path, classifier=classifier, reference=ref_stats)
     assert again.scores.anatomy is None and again.rate_distortion == []
     assert _numbers(again) == _numbers(results["direct"])
     columns = [c for c in again.images.columns if c in results["direct"].images.columns]
@@ -191,17 +190,17 @@ def test_switching_the_anatomy_off_changes_no_other_number(evaluated):
                                   [columns].reset_index(drop=True), check_exact=True)
 
 
-def test_a_fit_s_numbers_do_not_move_when_another_fit_is_added_or_removed(evaluated):
+def test_a_fit_s_numbers_do_not_move_when_another_fit_is_added_or_removed(evaluated, tmp_path):
     """Bit-identical: the VAE evaluated alone, after another fit, and in a comparison of two or three fits."""
     params, fits, train, test, ref, (classifier, ref_stats), results, _, _ = evaluated
-    alone = evaluate_fit(fits["vae"], train, test, params.evaluate, classifier=classifier, reference=ref_stats)
+    alone = evaluate_fit(fits["vae"], train, test, params, tmp_path, classifier=classifier, reference=ref_stats)
     assert _numbers(alone) == _numbers(results["vae"])
     pd.testing.assert_frame_equal(alone.images, results["vae"].images, check_exact=True)
     two, three = comparison(evaluated), comparison(evaluated, ("vae", "direct", "iwae4"))
     assert two.fits["vae"] == three.fits["vae"] and two.pairs["direct"] == three.pairs["direct"]
     head2, head3 = two.headline(), three.headline()
     for key, values in head2.items():
-        assert {k: head3[key][k] for k in values} == values
+        assert ({k: head3[key][k] for k in values} if isinstance(values, dict) else head3[key]) == values
     assert head3["ais"]["gap_iwae4"] == three.pairs["iwae4"].gap.ais.mean
 
 

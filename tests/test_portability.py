@@ -13,10 +13,9 @@ from latentfit.core.config import parse_params
 from latentfit.core.runtime import pick_device, stream, where
 from latentfit.core.stats import CompensatedSum
 from latentfit.evaluation.reference import reference
-from latentfit.evaluation.run import evaluate_fit
 from latentfit.evaluation.schema import RanOn
 from latentfit.inference.ais import Schedule
-from latentfit.visualize.arrays import fit_figure_data
+from tests.blocks import evaluate_fit
 from tests.test_evaluation import TINY, split, trained_fits
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "latentfit"
@@ -38,15 +37,15 @@ def test_the_guard_catches_float64():
         torch.ones(3).double().sum()
 
 
-def test_training_and_a_small_evaluate_make_no_float64_tensor():
+def test_training_and_a_small_evaluate_make_no_float64_tensor(tmp_path):
     params = parse_params(TINY)
     train, test = split(300, 1), split(120, 2)
     with NoFloat64():
         fits = trained_fits()
         _, classifier, ref_stats = reference(train, test, params.evaluate, stream(0, "reference"))
+    with NoFloat64():
         for fit in (fits["vae"], fits["direct"]):
-            result = evaluate_fit(fit, train, test, params.evaluate, classifier=classifier, reference=ref_stats)
-            fit_figure_data(fit, result.likelihoods.encoder, train, test, params.visualize)
+            result = evaluate_fit(fit, train, test, params, tmp_path, classifier=classifier, reference=ref_stats)
     assert result.scores.anatomy is not None  # the anatomy ran too
 
 

@@ -12,7 +12,7 @@ from scipy import stats
 
 from latentfit.core.errors import ParamsError
 from latentfit.sweep.driver import Options, SweepError, leaders, prepare, stage_params
-from latentfit.sweep.grid import SEED_KEYS, parse_seeds, parse_set, plan
+from latentfit.sweep.grid import parse_seeds, parse_set, plan, seed_keys
 from latentfit.sweep.summary import seed_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +21,9 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 def test_set_options_read_like_dvc_exp_run():
     assert parse_set("model.z_dim=2,5,20") == ("model.z_dim", [2, 5, 20])
-    assert parse_set("train_vae.lr=1e-3,0.01") == ("train_vae.lr", [0.001, 0.01])  # YAML 1.1 leaves 1e-3 a string
+    assert parse_set("fits.vae.lr=1e-3,0.01") == ("fits.vae.lr", [0.001, 0.01])  # YAML 1.1 leaves 1e-3 a string
     assert parse_set("evaluate.prior_mc_curve=[10,100],[64]") == ("evaluate.prior_mc_curve", [[10, 100], [64]])
-    assert parse_set("train_direct.fixed_samples=true,false") == ("train_direct.fixed_samples", [True, False])
+    assert parse_set("fits.direct.fixed_samples=true,false") == ("fits.direct.fixed_samples", [True, False])
     assert parse_set("model.z_dim=range(2,11,4)") == ("model.z_dim", [2, 6, 10])
     assert parse_set("data.dataset=choice(mnist,fashion-mnist)") == ("data.dataset", ["mnist", "fashion-mnist"])
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("0,3,7") == [0, 3, 7]
@@ -36,25 +36,29 @@ def test_set_options_read_like_dvc_exp_run():
 
 
 def test_a_grid_times_seeds_gives_one_named_run_each_with_every_seed_set():
-    runs = plan("zgrid", ["model.z_dim=2,20", "train_direct.mc_samples=16,64", "train_vae.epochs=3"], [0, 1], PARAMS)
+    runs = plan("zgrid", ["model.z_dim=2,20", "fits.direct.mc_samples=16,64", "fits.vae.epochs=3"], [0, 1], PARAMS)
     assert len(runs) == 8
     assert runs[0].name == "zgrid-z_dim=2-mc_samples=16-seed=0"
     assert len({r.name for r in runs}) == 8
     run = runs[-1]
-    assert run.overrides == {"train_vae.epochs": 3, "model.z_dim": 20, "train_direct.mc_samples": 64,
-                             **dict.fromkeys(SEED_KEYS, 1)}
-    assert "-S" in run.set_args() and "train_vae.epochs=3" in run.set_args()
+    assert run.overrides == {"fits.vae.epochs": 3, "model.z_dim": 20, "fits.direct.mc_samples": 64,
+                             **dict.fromkeys(seed_keys(PARAMS), 1)}
+    # every fit of params.yaml gets the replicate's seed: a third fit's too
+    assert seed_keys(PARAMS) == ("fits.vae.seed", "fits.direct.seed", "evaluate.seed", "visualize.seed")
+    three = PARAMS | {"fits": PARAMS["fits"] | {"iwae8": {"kind": "vae", "iwae_k": 8}}}
+    assert plan("t", [], [3], three)[0].overrides["fits.iwae8.seed"] == 3
+    assert "-S" in run.set_args() and "fits.vae.epochs=3" in run.set_args()
     # two swept keys with the same last part keep their sections in the name
-    both = plan("lr", ["train_vae.lr=0.001,0.002", "train_direct.lr=0.001,0.002"], [0], PARAMS)
-    assert both[0].name == "lr-train_vae.lr=0.001-train_direct.lr=0.001-seed=0"
+    both = plan("lr", ["fits.vae.lr=0.001,0.002", "fits.direct.lr=0.001,0.002"], [0], PARAMS)
+    assert both[0].name == "lr-fits.vae.lr=0.001-fits.direct.lr=0.001-seed=0"
 
 
 @pytest.mark.parametrize("option, message", [
     ("model.zdim=2,5", "no key 'zdim' in 'model'"),
     ("modle.z_dim=2", "no section 'modle'"),
     ("model.z_dim=0,5", "model.z_dim = 0 is out of range"),
-    ("train_vae.lr=fast", "wrong type"),
-    ("train_vae.seed=3", "--seeds"),
+    ("fits.vae.lr=fast", "wrong type"),
+    ("fits.direct.seed=3", "--seeds"),
 ])
 def test_a_bad_key_or_value_is_named_before_anything_runs(option, message):
     with pytest.raises(ParamsError, match=message):
@@ -64,13 +68,13 @@ def test_a_bad_key_or_value_is_named_before_anything_runs(option, message):
 def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
     """In a z_dim x M grid the VAE does not depend on M: for each z_dim and seed one run trains it, the
     others start after it and restore it from the run cache; different seeds never wait for each other."""
-    runs = plan("g", ["model.z_dim=2,20", "train_direct.mc_samples=16,64"], [0, 1], PARAMS)
+    runs = plan("g", ["model.z_dim=2,20", "fits.direct.mc_samples=16,64"], [0, 1], PARAMS)
     waits = leaders(runs, stage_params(ROOT))
     by_name = {r.name: r for r in runs}
     for name, before in waits.items():
         run = by_name[name]
         point = dict(run.point)
-        if point["train_direct.mc_samples"] == 16:
+        if point["fits.direct.mc_samples"] == 16:
             assert before == [], name
         else:
             leader = by_name[before[0]]
@@ -82,10 +86,13 @@ def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
 
 def test_stage_params_follow_the_dag():
     closure = stage_params(ROOT)
-    assert closure["train_vae"] == {"data", "data.dataset", "preprocess", "model", "train_vae", "device"}
-    assert {"train_vae", "evaluate"} <= closure["evaluate@vae"] and "train_direct" not in closure["evaluate@vae"]
-    assert {"train_direct", "evaluate"} <= closure["evaluate@direct"] and "train_vae" not in closure["evaluate@direct"]
-    assert {"train_vae", "train_direct", "evaluate", "visualize"} <= closure["visualize"]
+    assert closure["train@vae"] == {"data", "data.dataset", "preprocess", "model", "fits.vae", "device"}
+    assert {"fits.vae", "evaluate.ais_steps"} <= closure["evaluate@vae"] and "fits.direct" not in closure["evaluate@vae"]
+    assert {"fits.direct", "evaluate.gap_steps"} <= closure["evaluate@direct"]
+    assert "fits.vae" not in closure["evaluate@direct"]
+    assert "evaluate.gap_steps" not in closure["figure_data@vae"] and "visualize.tsne_perplexity" in closure["figure_data@vae"]
+    assert "visualize.tsne_perplexity" not in closure["likelihood@vae"] | closure["anatomy@vae"]
+    assert {"fits", "evaluate.ais_steps", "visualize.tsne_perplexity"} <= closure["visualize"]
 
 
 def test_seed_statistics_are_the_t_interval_of_the_mean():
@@ -143,7 +150,8 @@ def test_a_run_restored_whole_from_the_cache_gets_its_pipeline_run_once(tmp_path
     base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     runs = plan("r", ["model.z_dim=2,5"], [0], PARAMS)
     (repo / "metrics").mkdir()
-    (repo / "metrics/train_vae.json").write_text(json.dumps({"train": {"vae": 101.5}}))
+    (repo / "metrics/train").mkdir()
+    (repo / "metrics/train/vae.json").write_text(json.dumps({"train": {"vae": {"neg_elbo": 101.5}}}))
     details = json.loads((ROOT / "tests/data/comparison_details.json").read_text())
     (repo / "metrics/comparison_details.json").write_text(json.dumps(details))
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
@@ -164,7 +172,7 @@ def test_a_run_restored_whole_from_the_cache_gets_its_pipeline_run_once(tmp_path
     assert restored.data.tags["restored"] == "true" and restored.data.tags["mlflow.parentRunId"] == parent
     assert restored.data.tags["sweep_point"] == "model.z_dim=2"
     assert restored.data.params["model.z_dim"] == "20", "the params its commit holds"
-    assert restored.data.metrics["train_vae.train.vae"] == 101.5
+    assert restored.data.metrics["train.vae.train.vae.neg_elbo"] == 101.5
     written = Details.from_dict(details)
     assert restored.data.metrics["visualize.fits.vae.test.ais_nll"] == written.fits["vae"].test.ais_nll
 

@@ -91,8 +91,9 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
     import torch
     from mlflow.tracking import MlflowClient
 
+    from latentfit.core.fits import registered_name
     from latentfit.model.networks import Decoder
-    from latentfit.model.registry import REGISTERED, file_md5, log_direct
+    from latentfit.model.registry import file_md5, log_direct
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     model_file = tmp_path / "direct.pt"
@@ -106,7 +107,7 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
                 run.log_epoch({"epoch": 1, "nll": 9.0})
                 run.log_metrics({"test": {"nll": value}})
                 if stage == "train_direct":
-                    run.call(log_direct, decoder, model_file)
+                    run.call(log_direct, decoder, model_file, "direct")
 
     assert "MLFLOW_TRACKING_URI" not in os.environ, "the default store stays the default"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -123,8 +124,8 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
     assert len(client.search_runs([experiment], "tags.stage = 'pipeline'")) == 2
 
     trained = next(r for r in children if r.data.tags["stage"] == "train_direct")
-    loaded = mlflow.pytorch.load_model(f"runs:/{trained.info.run_id}/direct")  # torch.export: no pickle
+    loaded = mlflow.pytorch.load_model(f"runs:/{trained.info.run_id}/decoder")  # torch.export: no pickle
     z = torch.randn(5, 2)
     torch.testing.assert_close(loaded(z), torch.sigmoid(decoder(z)))  # z -> Bernoulli means
-    versions = client.search_model_versions(f"name = '{REGISTERED['direct']}'")
+    versions = client.search_model_versions(f"name = '{registered_name('direct')}'")  # latentfit-direct-decoder
     assert len(versions) == 2 and {v.tags["dvc_md5"] for v in versions} == {file_md5(model_file)}

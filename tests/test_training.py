@@ -50,7 +50,7 @@ def test_divergence_stops_with_the_epoch_and_a_hint(x):
     model = VAE(z_dim=4, hidden=32)
     records = fit_vae(model, make_optimizer(model, 1e-3), bad, epochs=3, batch_size=64,
                       generator=torch.Generator().manual_seed(0))
-    with pytest.raises(TrainingError, match=r"in epoch 1\. .*lower train_vae\.lr"):
+    with pytest.raises(TrainingError, match=r"in epoch 1\. .*lower fits\.vae\.lr"):
         next(records)
 
 

@@ -3,7 +3,7 @@ seed statistics, and paired gaps between fits of different runs.
 
     latentfit ui [--port 5000] [--print-url]
     latentfit compare VAE=metrics/vae@main IWAE-64=metrics/vae@iwae64 direct=metrics/direct
-    latentfit sweep -S model.z_dim=2,5,20 -S train_direct.mc_samples=16,64,256 --seeds 0-4 --name zgrid
+    latentfit sweep -S model.z_dim=2,5,20 -S fits.direct.mc_samples=16,64,256 --seeds 0-4 --name zgrid
     latentfit sweep summary zgrid
 """
 
@@ -20,7 +20,7 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="a param and its values, as in `dvc exp run -S` (several -S make a grid; one value sets it "
                         "for every run; range(a,b[,step]) as in Hydra)")
     p.add_argument("--seeds", default="0", help="training seeds, e.g. 0-4 or 0,1,2 (sets "
-                                                "train_vae.seed, train_direct.seed, evaluate.seed, visualize.seed)")
+                                                "every fits.<fit>.seed, evaluate.seed, visualize.seed)")
     p.add_argument("-n", "--name", help="the sweep's name (required); its runs are named NAME-<point>-seed=<s>")
     p.add_argument("--address", help="join a running Ray cluster (ray start --head ...); default: a local Ray "
                                      "instance sized to this machine")

@@ -24,12 +24,13 @@ FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "int
            "estimator_convergence", "gap_walk", "rate_distortion"}
 HEADLINE = ["train.vae", "train.direct", "ais.vae", "ais.direct", "ais.gap", "iwae.vae", "iwae.direct", "iwae.gap",
             "nelbo.vae", "prior.direct"]
-STAGES = ["download", "preprocess", "train_vae", "train_direct", "reference", "evaluate@vae", "evaluate@direct",
-          "visualize"]
+BLOCKS = ["encoder", "likelihood", "anatomy", "structure", "figure_data", "evaluate"]  # per fit, after train@<fit>
+STAGES = ["download", "preprocess", "train@vae", "train@direct", "reference",
+          *[f"{block}@{fit}" for fit in ("vae", "direct") for block in BLOCKS], "visualize"]
 SMALL = {  # every stage runs for real, on little data
     "preprocess": {"train_limit": 600, "test_limit": 300},
-    "train_vae": {"epochs": 2, "batch_size": 64},
-    "train_direct": {"epochs": 2, "batch_size": 64},
+    "fits": {"vae": {"kind": "vae", "epochs": 2, "batch_size": 64},
+             "direct": {"kind": "direct", "epochs": 2, "batch_size": 64}},
     "evaluate": {"prior_mc_samples": 500, "prior_mc_curve": [10, 100], "search_candidates": 500,
                  "denoise_images": 40, "iwae_samples": 100, "iwae_images": 300, "encoder_epochs": 2,
                  "classifier_epochs": 1, "fid_samples": 200, "silhouette_points": 100, "ais_images": 30,
@@ -91,6 +92,7 @@ def new_repo(path: Path) -> Repo:
     repo.run("git", "init", "-q")
     repo.dvc("init", "-q")
     repo.dvc("config", "core.analytics", "false")
+    shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")  # the plot templates dvc.yaml names
     return repo
 
 

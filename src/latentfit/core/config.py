@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ import yaml
 
 from latentfit.core.errors import ParamsError
 
-__all__ = ["THREADS_ENV", "Params", "ParamsError", "load_params", "parse_params", "thread_override", "to_flat_dict"]
+__all__ = ["KINDS", "THREADS_ENV", "DirectFitParams", "FitParams", "Params", "ParamsError", "VaeFitParams", "load_params",
+           "parse_params", "thread_override", "to_flat_dict"]
 
 
 def _check(**rules: Any) -> dict:
@@ -50,7 +52,10 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class TrainVAEParams:
+class VaeFitParams:
+    """A fit of kind `vae`: encoder and decoder by the ELBO (iwae_k = 1) or Burda et al.'s IWAE bound."""
+
+    kind: Literal["vae"] = "vae"
     epochs: int = field(default=40, metadata=_check(ge=1))
     batch_size: int = field(default=128, metadata=_check(ge=1))
     lr: float = field(default=1e-3, metadata=_check(gt=0))
@@ -59,13 +64,22 @@ class TrainVAEParams:
 
 
 @dataclass(frozen=True)
-class TrainDirectParams:
+class DirectFitParams:
+    """A fit of kind `direct`: the decoder alone by the Monte Carlo marginal likelihood of M prior draws."""
+
+    kind: Literal["direct"] = "direct"
     epochs: int = field(default=40, metadata=_check(ge=1))
     batch_size: int = field(default=256, metadata=_check(ge=1))
     lr: float = field(default=1e-3, metadata=_check(gt=0))
     mc_samples: int = field(default=64, metadata=_check(ge=1))
     fixed_samples: bool = True
     seed: int = 0
+
+
+FitParams = VaeFitParams | DirectFitParams
+KINDS: dict[str, type] = {"vae": VaeFitParams, "direct": DirectFitParams}
+FIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a stage key, a file name and a metric key: `ais.iwae8`
+DEFAULT_FITS: dict[str, FitParams] = {"vae": VaeFitParams(), "direct": DirectFitParams()}
 
 
 @dataclass(frozen=True)
@@ -135,8 +149,7 @@ class Params:
     data: DataParams = DataParams()
     preprocess: PreprocessParams = PreprocessParams()
     model: ModelParams = ModelParams()
-    train_vae: TrainVAEParams = TrainVAEParams()
-    train_direct: TrainDirectParams = TrainDirectParams()
+    fits: dict[str, FitParams] = field(default_factory=lambda: dict(DEFAULT_FITS))
     evaluate: EvaluateParams = EvaluateParams()
     visualize: VisualizeParams = VisualizeParams()
     tracking: TrackingParams = TrackingParams()
@@ -160,14 +173,21 @@ class _Reading:
         self._full, self._keys, self._prefix, self._stage = full, keys, prefix, stage
 
     def __getattr__(self, name: str) -> Any:
-        value, key = getattr(self._full, name), self._prefix + name
+        return self._read(getattr(self._full, name), name)
+
+    def __getitem__(self, name: str) -> Any:  # a mapping section: `params.fits["vae"]` with `fits.vae` declared
+        return self._read(self._full[name], name)
+
+    def _read(self, value: Any, name: str) -> Any:
+        key = self._prefix + name
         parts = key.split(".")
         if any(".".join(parts[:i]) in self._keys for i in range(1, len(parts) + 1)) or parts[0] in UNDECLARED_OK:
             return value
         if any(k.startswith(key + ".") for k in self._keys):
             return _Reading(value, self._keys, key + ".", self._stage)
+        script = self._stage.split("@")[0]
         raise ParamsError(f"stage {self._stage} reads {key} without declaring it: add '{key}' to READS in "
-                          f"stages/{self._stage.split('@')[0]}.py and to the stage's params in dvc.yaml "
+                          f"stages/{script}.py and to the stage's params in dvc.yaml "
                           f"(`python -m latentfit.dag` checks both), or DVC would not re-run it when {key} changes")
 
     def __repr__(self) -> str:
@@ -233,17 +253,37 @@ def _check_bounds(params: Params) -> None:
 
 
 def to_flat_dict(params: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"train_vae.lr": 0.001, ...}`: the dotted names MLflow and `dvc exp show` use."""
+    """`{"fits.vae.lr": 0.001, ...}`: the dotted names MLflow and `dvc exp show` use."""
     if isinstance(params, _Reading):  # the record is of every param, whatever the stage reads
         params = params._full
+    items = params.items() if isinstance(params, dict) else ((f.name, getattr(params, f.name))
+                                                              for f in dataclasses.fields(params))
     flat: dict[str, Any] = {}
-    for f in dataclasses.fields(params):
-        value, name = getattr(params, f.name), prefix + f.name
-        if dataclasses.is_dataclass(value):
+    for key, value in items:
+        name = prefix + key
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
             flat.update(to_flat_dict(value, name + "."))
         else:
             flat[name] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def _build_fits(raw: Any, prefix: str) -> dict[str, FitParams]:
+    """`fits:` name -> {kind, that kind's training params}: each fit is built by its kind's dataclass."""
+    where = prefix.rstrip(".")
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{where} must map each fit's name to its kind and training params, e.g. "
+                          f"{where}: {{vae: {{kind: vae, epochs: 40}}, direct: {{kind: direct, mc_samples: 64}}}}")
+    fits = {}
+    for name, entry in raw.items():
+        if not isinstance(name, str) or not FIT_NAME.match(name):
+            raise ParamsError(f"{where}.{name}: a fit's name is a stage key, a file name and a metric key: use "
+                              "lower-case letters, digits and '_', starting with a letter (e.g. iwae8)")
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind not in KINDS:
+            raise ParamsError(f"{where}.{name}.kind = {kind!r}: give every fit a kind, one of: {', '.join(KINDS)}")
+        fits[name] = _build(KINDS[kind], entry, f"{prefix}{name}.")
+    return fits
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -264,7 +304,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if name not in raw:
             continue  # the dataclass default applies
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if name == "fits" and cls is Params:
+            values[name] = _build_fits(raw[name], f"{prefix}{name}.")
+        elif dataclasses.is_dataclass(hint):
             values[name] = _build(typing.cast(type, hint), raw[name], f"{prefix}{name}.")
         else:
             values[name] = _coerce(raw[name], hint, prefix + name, f.metadata.get("rules", {}))

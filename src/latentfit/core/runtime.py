@@ -12,7 +12,7 @@ import platform
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,16 @@ def interrupted_message(stage: str, signum: int) -> str:
     return f"{stage}: interrupted by {name}{stopped}; {then}"
 
 
+def fit_argument(stage: str, fits: Iterable[str]) -> tuple[str, str]:
+    """A per-fit stage's fit (`python stages/<stage>.py FIT`, which `dvc repro <stage>@FIT` runs) and the
+    stage's name as DVC calls it."""
+    names, fit = list(fits), sys.argv[1] if len(sys.argv) == 2 else ""
+    if fit not in names:
+        raise ParamsError(f"usage: python stages/{stage}.py FIT, with FIT one of params.yaml's fits "
+                          f"({', '.join(names)}; got {fit or 'nothing'}); `dvc repro {stage}@{names[0]}` runs it")
+    return fit, f"{stage}@{fit}"
+
+
 def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
     """Run a stage's main(); a user error prints one clear line and exits 1, an interruption (Ctrl-C, SIGTERM)
     one line saying where it stopped and how to resume, and exits 128 + the signal (130, 143); no traceback.
@@ -153,17 +163,18 @@ def stage_main(stage: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
     def wrap(main: Callable[[], Any]) -> Callable[[], None]:
         @functools.wraps(main)
         def run() -> None:
+            name = f"{stage}@{sys.argv[1]}" if len(sys.argv) == 2 else stage  # a per-fit stage: `train@vae`
             signal.signal(signal.SIGTERM, raise_interrupted)
             try:
                 with registered():
                     share_cpus()
                     main()
             except LatentfitError as err:
-                print(f"\n{stage}: error: {err}", file=sys.stderr)
+                print(f"\n{name}: error: {err}", file=sys.stderr)
                 sys.exit(1)
             except (KeyboardInterrupt, Interrupted) as err:
                 signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
-                print(f"\n{interrupted_message(stage, signum)}", file=sys.stderr)
+                print(f"\n{interrupted_message(name, signum)}", file=sys.stderr)
                 sys.exit(128 + signum)
 
         return run

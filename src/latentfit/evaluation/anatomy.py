@@ -44,6 +44,7 @@ from latentfit.model.likelihood import mc_marginal_log_prob
 from latentfit.model.networks import VAE, Decoder
 
 RD_POINTS = 60  # betas of the rate-distortion curve written to its CSV
+RD_COLUMNS = ["fit", "beta", "rate", "distortion"]
 
 
 def inference_gaps(decoder: Decoder, encoder: VAE, x: torch.Tensor, ais_nll: torch.Tensor, p: EvaluateParams,

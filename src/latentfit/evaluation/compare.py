@@ -82,3 +82,20 @@ def denoise_table(scores: Mapping[str, FitScores]) -> pd.DataFrame:
     return pd.DataFrame([{"flip_prob": entry.flip_prob, **{f"{name}_{err}": getattr(s.denoise[key], err)
                                                             for name, s in scores.items() for err in ("bce", "mse")}}
                          for key, entry in first.items()])
+
+
+def long_form(curve: str, curves: Mapping[str, pd.DataFrame], histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """A curve as DVC's plots read it: a row per fit and point with a `fit` column (templates in .dvc/plots/
+    draw a line per fit), so no plot definition lists the fits. `training` is each fit's objective per epoch."""
+    if curve == "training":
+        return pd.concat([pd.DataFrame({"fit": name, "epoch": h["epoch"],
+                                        "objective": h.get("neg_iwae", h.get("neg_elbo", h.get("nll")))})
+                          for name, h in histories.items()], ignore_index=True)
+    table = curves[curve]
+    if curve == "prior_mc":
+        return table.melt(id_vars="samples", var_name="fit", value_name="nll")[["fit", "samples", "nll"]]
+    if curve == "denoise":
+        fits = dict.fromkeys(c.rsplit("_", 1)[0] for c in table.columns if c != "flip_prob")
+        return pd.concat([pd.DataFrame({"fit": f, "flip_prob": table["flip_prob"], "bce": table[f"{f}_bce"],
+                                        "mse": table[f"{f}_mse"]}) for f in fits], ignore_index=True)
+    return table

@@ -74,11 +74,11 @@ def _iwae(model: VAE, x: torch.Tensor, ks: list[int], g: torch.Generator, batch_
                                                                        for part in parts]))
 
 
-def likelihoods(fit: FitModel, x_train: torch.Tensor, x: torch.Tensor, p: EvaluateParams, streams: Streams,
-                shared: Streams, log: Callable[[dict[str, Any]], None]) -> Likelihoods:
-    """`streams(block)`: this fit's stream of a block; `shared(block)`: one stream all fits share (their
-    prior-sampling draws: common random numbers make the paired gap tighter)."""
-    posthoc = fit_posthoc_encoder(fit.decoder, x_train, fit.hidden, p, streams("posthoc_encoder"), log)
+def likelihoods(fit: FitModel, x: torch.Tensor, p: EvaluateParams, posthoc: VAE, streams: Streams,
+                shared: Streams) -> Likelihoods:
+    """`posthoc`: the encoder fitted to the frozen decoder; `streams(block)`: this fit's stream
+    of a block; `shared(block)`: one stream all fits share (their prior-sampling draws: common random numbers
+    make the paired gap tighter)."""
     encoder = fit.encoder if fit.encoder is not None else posthoc
     share_cpus()  # between long steps: a neighbouring stage may have started or ended
     draws = torch.randn(p.prior_mc_samples, fit.decoder.z_dim, generator=shared("prior_mc"), device=x.device)

@@ -47,8 +47,8 @@ def _check_finite(record: dict, what: str, lr_key: str) -> None:
 
 
 def fit_vae(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int, batch_size: int,
-            generator: torch.Generator, start_epoch: int = 0, what: str = "train_vae",
-            lr_key: str = "train_vae.lr", dynamic: bool = False, iwae_k: int = 1) -> Iterator[dict]:
+            generator: torch.Generator, start_epoch: int = 0, what: str = "train@vae",
+            lr_key: str = "fits.vae.lr", dynamic: bool = False, iwae_k: int = 1) -> Iterator[dict]:
     """Maximise the ELBO (L = 1) by Adam over shuffled batches; yield epoch-average rec, kl, neg_elbo.
     `what` and `lr_key` name the fit and its learning-rate param in the error a divergence raises;
     `dynamic`: each batch is a fresh Bernoulli draw from the grey images (dynamic binarisation).
@@ -95,7 +95,8 @@ def _vae_loss(model: VAE, y: torch.Tensor, generator: torch.Generator, k: int) -
 
 def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, epochs: int,
                batch_size: int, mc_samples: int, generator: torch.Generator,
-               fixed_draws: torch.Tensor | None = None, start_epoch: int = 0, dynamic: bool = False) -> Iterator[dict]:
+               fixed_draws: torch.Tensor | None = None, start_epoch: int = 0, dynamic: bool = False,
+               what: str = "train@direct", lr_key: str = "fits.direct.lr") -> Iterator[dict]:
     """Maximise the MC marginal likelihood log (1/M) sum_m p(y | z_m), z_m ~ N(0, I).
 
     With `fixed_draws` (M x z_dim) the same draws serve every batch (a deterministic objective);
@@ -115,5 +116,5 @@ def fit_direct(decoder: Decoder, optimizer: torch.optim.Optimizer, x: torch.Tens
             optimizer.step()
             total += nll.detach().sum()
         record = {"epoch": epoch, "nll": total.item() / n, "seconds": time.perf_counter() - start}
-        _check_finite(record, "train_direct", "train_direct.lr")
+        _check_finite(record, what, lr_key)
         yield record

@@ -35,7 +35,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VA
 def load_vae(path: str | Path, device: torch.device | str = "cpu") -> VAE:
     model, _ = load_model(path, device)
     if not isinstance(model, VAE):
-        raise DataError(f"{path} holds a decoder, not a VAE: re-run `dvc repro -f train_vae`")
+        raise DataError(f"{path} holds a decoder, not a VAE: re-run its training stage (`dvc repro -f train@<fit>`)")
     return model
 
 

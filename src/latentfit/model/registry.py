@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from latentfit.core.fits import registered_name
 from latentfit.core.io import file_md5
 from latentfit.model.networks import VAE, Decoder
 
-REGISTERED = {"vae": "latentfit-vae-decoder", "direct": "latentfit-direct-decoder", "encoder": "latentfit-vae-encoder"}
 DVC_MD5 = "dvc_md5"  # version tag: the md5 DVC records for the model file
 
 
@@ -46,8 +46,8 @@ class GaussianPosterior(nn.Module):
         return torch.cat([mu, logvar], dim=-1)
 
 
-def log_servable(module: nn.Module, name: str, example: np.ndarray, md5: str) -> None:
-    """Log `module` under the active run as `name`, registered as REGISTERED[name], its version tagged with
+def log_servable(module: nn.Module, name: str, registered: str, example: np.ndarray, md5: str) -> None:
+    """Log `module` under the active run as `name`, registered as `registered`, its version tagged with
     `md5`, the DVC hash of the model file it came from."""
     import mlflow
     import mlflow.pytorch
@@ -58,13 +58,13 @@ def log_servable(module: nn.Module, name: str, example: np.ndarray, md5: str) ->
         output = module(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(
         module, name=name, serialization_format="pt2", input_example=example,
-        signature=infer_signature(example, output), registered_model_name=REGISTERED[name],
+        signature=infer_signature(example, output), registered_model_name=registered,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     client = mlflow.MlflowClient()
     version = info.registered_model_version
-    client.set_model_version_tag(REGISTERED[name], str(version), DVC_MD5, md5)
+    client.set_model_version_tag(registered, str(version), DVC_MD5, md5)
     # the version's own model_id is not filled in by every registry store: keep the logged model's id with it
-    client.set_model_version_tag(REGISTERED[name], str(version), "model_id", info.model_id)
+    client.set_model_version_tag(registered, str(version), "model_id", info.model_id)
 
 
 def log_training_data(dataset: str, lock: str | Path = "dvc.lock", prepared: str = "data/prepared") -> None:
@@ -87,17 +87,20 @@ def log_training_data(dataset: str, lock: str | Path = "dvc.lock", prepared: str
     mlflow.log_input(data, context="training")
 
 
-def log_vae(vae: VAE, images: torch.Tensor, model_file: str | Path) -> None:
-    """The VAE's decoder (from two prior draws) and its encoder (from two training images)."""
+def log_vae(vae: VAE, images: torch.Tensor, model_file: str | Path, fit: str) -> None:
+    """A VAE fit's decoder (from two prior draws) and its encoder (from two training images):
+    `latentfit-<fit>-decoder` and `latentfit-<fit>-encoder`."""
     g = torch.Generator().manual_seed(0)
     z, md5 = torch.randn(2, vae.decoder.z_dim, generator=g).numpy(), file_md5(model_file)
-    log_servable(BernoulliMeans(vae.decoder), "vae", z, md5)
-    log_servable(GaussianPosterior(vae), "encoder", images[:2].detach().cpu().float().numpy(), md5)
+    log_servable(BernoulliMeans(vae.decoder), "decoder", registered_name(fit), z, md5)
+    log_servable(GaussianPosterior(vae), "encoder", registered_name(fit, "encoder"),
+                 images[:2].detach().cpu().float().numpy(), md5)
 
 
-def log_direct(decoder: Decoder, model_file: str | Path) -> None:
+def log_direct(decoder: Decoder, model_file: str | Path, fit: str) -> None:
+    """A direct fit's decoder, `latentfit-<fit>-decoder`."""
     z = torch.randn(2, decoder.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
-    log_servable(BernoulliMeans(decoder), "direct", z, file_md5(model_file))
+    log_servable(BernoulliMeans(decoder), "decoder", registered_name(fit), z, file_md5(model_file))
 
 
 def link_and_rank(model_md5: dict[str, str], metrics: dict[str, dict[str, float]], dataset: str) -> None:
@@ -109,7 +112,7 @@ def link_and_rank(model_md5: dict[str, str], metrics: dict[str, dict[str, float]
     client = mlflow.MlflowClient()
     alias = f"best-{dataset}"
     for fit, md5 in model_md5.items():
-        name = REGISTERED.get(fit, f"latentfit-{fit}-decoder")
+        name = registered_name(fit)
         versions = client.search_model_versions(f"name = '{name}' and tags.{DVC_MD5} = '{md5}'")
         if not versions:
             continue  # trained while the store was unreachable

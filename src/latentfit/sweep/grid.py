@@ -12,9 +12,14 @@ from typing import Any
 from latentfit.core.config import parse_params
 from latentfit.core.errors import ParamsError
 
-# The params a replicate changes: both fits' training seeds, and the seeds of the estimators and
-# figures computed from them, so replicates share no random draw.
-SEED_KEYS = ("train_vae.seed", "train_direct.seed", "evaluate.seed", "visualize.seed")
+# The params a replicate changes: every fit's training seed (`fits.<fit>.seed`, from params.yaml's fits), and the
+# seeds of the estimators and figures computed from them, so replicates share no random draw.
+SHARED_SEED_KEYS = ("evaluate.seed", "visualize.seed")
+
+
+def seed_keys(params: dict[str, Any]) -> tuple[str, ...]:
+    """The seeds a replicate sets, for the fits of `params` (params.yaml as parsed YAML)."""
+    return (*(f"fits.{name}.seed" for name in params.get("fits") or {}), *SHARED_SEED_KEYS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -26,23 +31,26 @@ class Run:
     point: tuple[tuple[str, Any], ...]  # the swept values, in the order of the -S options
     seed: int
     fixed: tuple[tuple[str, Any], ...] = field(default=())  # -S key=value options with one value
+    seeds: tuple[str, ...] = SHARED_SEED_KEYS  # the seed params a replicate sets (seed_keys of its params)
 
     @property
     def overrides(self) -> dict[str, Any]:
         """Every param this run sets on top of the committed params.yaml."""
-        return dict(self.fixed) | dict(self.point) | dict.fromkeys(SEED_KEYS, self.seed)
+        return dict(self.fixed) | dict(self.point) | dict.fromkeys(self.seeds, self.seed)
 
     @property
     def point_label(self) -> str:
         return point_label(self.point)
 
     def set_args(self) -> list[str]:
-        """`-S key=value` options for `dvc exp run`."""
-        return [arg for k, v in self.overrides.items() for arg in ("-S", f"{k}={format_value(v)}")]
+        """`-S key=value` options for `dvc exp run`; a seed as `++key=value`, which Hydra adds where a fit's
+        entry leaves its seed to the default."""
+        return [arg for k, v in self.overrides.items()
+                for arg in ("-S", f"{'++' if k in self.seeds else ''}{k}={format_value(v)}")]
 
 
 def point_label(point: Iterable[tuple[str, Any]]) -> str:
-    """A grid point as MLflow's `sweep_point` tag and the summary name it: `model.z_dim=2,train_vae.lr=0.001`."""
+    """A grid point as MLflow's `sweep_point` tag and the summary name it: `model.z_dim=2,fits.vae.lr=0.001`."""
     return ",".join(f"{k}={format_value(v)}" for k, v in point) or "default"
 
 
@@ -119,8 +127,9 @@ def plan(sweep: str, sets: list[str], seeds: list[int], params: dict[str, Any]) 
     keys = [k for k, _ in parsed]
     if len(set(keys)) < len(keys):
         raise ParamsError(f"-S sets one key twice: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}")
-    if clash := set(keys) & set(SEED_KEYS):
-        raise ParamsError(f"-S {min(clash)}: seeds are swept with --seeds, which sets {', '.join(SEED_KEYS)}")
+    seeds_set = seed_keys(params)
+    if clash := set(keys) & set(seeds_set):
+        raise ParamsError(f"-S {min(clash)}: seeds are swept with --seeds, which sets {', '.join(seeds_set)}")
     swept = [(k, v) for k, v in parsed if len(v) > 1]
     fixed = tuple((k, v[0]) for k, v in parsed if len(v) == 1)
     short = _short_keys([k for k, _ in swept])
@@ -128,14 +137,15 @@ def plan(sweep: str, sets: list[str], seeds: list[int], params: dict[str, Any]) 
     for values in grid_points(sets):  # the points `dvc exp run -S` would queue, in its order
         point = tuple((k, values[k]) for k, _ in swept)
         for seed in seeds:
-            runs.append(Run(run_name(sweep, point, seed, short), point, seed, fixed))
+            runs.append(Run(run_name(sweep, point, seed, short), point, seed, fixed, seeds_set))
     for run in runs[:: len(seeds)]:  # one check per grid point: seeds are always valid
-        check_overrides(params, run.overrides)
+        check_overrides(params, run.overrides, seeds_set)
     return runs
 
 
-def check_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Apply `overrides` to a copy of `params` and validate the result as the stages will."""
+def check_overrides(params: dict[str, Any], overrides: dict[str, Any], added: Iterable[str] = ()) -> None:
+    """Apply `overrides` to a copy of `params` and validate the result as the stages will; the keys `added` may
+    be missing from `params` (a fit's seed left to its default)."""
     merged = copy.deepcopy(params)
     for key, value in overrides.items():
         node, parts = merged, key.split(".")
@@ -144,7 +154,7 @@ def check_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> None:
                 raise ParamsError(f"-S {key}: params.yaml has no section '{part}'"
                                   f" (sections: {', '.join(k for k, v in merged.items() if isinstance(v, dict))})")
             node = node[part]
-        if parts[-1] not in node:
+        if parts[-1] not in node and key not in added:
             raise ParamsError(f"-S {key}: params.yaml has no key '{parts[-1]}' in '{'.'.join(parts[:-1]) or 'the top level'}'"
                               f" (keys there: {', '.join(node)})")
         node[parts[-1]] = value
@@ -155,4 +165,5 @@ def check_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> None:
 
 
 def format_overrides(overrides: dict[str, Any]) -> str:
-    return " ".join(f"{k}={format_value(v)}" for k, v in overrides.items() if k not in SEED_KEYS)
+    return " ".join(f"{k}={format_value(v)}" for k, v in overrides.items()
+                    if k not in SHARED_SEED_KEYS and not (k.startswith("fits.") and k.endswith(".seed")))

@@ -104,8 +104,9 @@ def record_restored(sweep: Sweep, parent: str | None, name: str) -> None:
         params = yaml.safe_load(git(sweep.repo, "show", f"{ref}:params.yaml")) or {}
         for key, value in loggable_params(to_flat_dict(parse_params(params))).items():
             client.log_param(created.info.run_id, key, value)
-        for stage, path in (("train_vae", "metrics/train_vae.json"), ("train_direct", "metrics/train_direct.json"),
-                            ("visualize", "metrics/comparison_details.json")):
+        fits = list(params.get("fits") or {})
+        for stage, path in ([(f"train.{fit}", f"metrics/train/{fit}.json") for fit in fits]
+                            + [("visualize", "metrics/comparison_details.json")]):
             for key, value in flatten_numbers(read_json(sweep.repo, ref, path)).items():
                 client.log_metric(created.info.run_id, f"{stage}.{key}", float(value))
         client.set_terminated(created.info.run_id, "FINISHED")

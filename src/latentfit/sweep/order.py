@@ -28,7 +28,7 @@ def stage_params(repo: Path) -> dict[str, set[str]]:
 
 def leaders(runs: list[Run], closure: dict[str, set[str]]) -> dict[str, list[str]]:
     """For each run, the earlier runs that compute one of its stages with the same params. It starts
-    after them and takes that stage from the run cache (in a z_dim x M grid, train_vae runs once per
+    after them and takes that stage from the run cache (in a z_dim x M grid, train@vae runs once per
     z_dim and seed). A stage that every run shares is left alone: nobody would start; so is one no model
     param reaches (download, preprocess, the reference stage: cheap next to a run, which would wait whole)."""
 
@@ -36,7 +36,7 @@ def leaders(runs: list[Run], closure: dict[str, set[str]]) -> dict[str, list[str
         return any(key == p or key.startswith(p + ".") for p in params)
 
     def fits_a_model(params: set[str]) -> bool:
-        return any(p.split(".")[0] == "model" or p.startswith("train_") for p in params)
+        return any(p.split(".")[0] in ("model", "fits") for p in params)
 
     groups: dict[tuple, list[str]] = defaultdict(list)
     for run in runs:

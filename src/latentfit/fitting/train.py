@@ -1,0 +1,75 @@
+"""What `train@<fit>` runs for each kind of fit: the model, its optimiser, its epoch loop, the line it prints
+per epoch, the name and value of the objective it minimised, its model file and its registered models.
+The stage drives any kind the same way (checkpoint, history, MLflow), so a kind is one function here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+
+from latentfit.core.config import DirectFitParams, ModelParams, VaeFitParams
+from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
+from latentfit.model.files import model_file
+from latentfit.model.networks import VAE, Decoder
+from latentfit.model.registry import log_direct, log_training_data, log_vae
+
+
+@dataclass
+class Trainer:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    epochs: Callable[[int], Iterator[dict]]  # from the epochs already done (a resumed checkpoint's)
+    line: Callable[[dict], str]  # the notebook-style line of an epoch
+    objective: Callable[[dict], dict[str, float]]  # the final record's objective, by a name that says which
+    model_file: Callable[[torch.device], dict[str, Any]]
+    register: Callable[[str], None]  # log and register the servable models, given the model file's path
+    log_data: Callable[[str], None] = log_training_data
+
+
+def train_vae(fit: str, p: VaeFitParams, m: ModelParams, x: torch.Tensor, generator: torch.Generator,
+              dynamic: bool) -> Trainer:
+    model = VAE(m.z_dim, m.hidden).to(x.device)
+    optimizer = make_optimizer(model, p.lr)
+    bound = f"neg_iwae_k{p.iwae_k}"
+
+    def epochs(done: int) -> Iterator[dict]:
+        return fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
+                       start_epoch=done, dynamic=dynamic, iwae_k=p.iwae_k, what=f"train@{fit}",
+                       lr_key=f"fits.{fit}.lr")
+
+    def line(r: dict) -> str:
+        iwae = f"  -IWAE({p.iwae_k})={r['neg_iwae']:.2f}" if "neg_iwae" in r else ""
+        return f"{fit} epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}{iwae}"
+
+    def objective(r: dict) -> dict[str, float]:  # the ELBO's terms, and the IWAE bound it trained when k > 1
+        return {"neg_elbo": r["neg_elbo"], "rec": r["rec"], "kl": r["kl"]} | (
+            {bound: r["neg_iwae"]} if "neg_iwae" in r else {})
+
+    return Trainer(model, optimizer, epochs, line, objective,
+                   lambda device: model_file(model, trained_on=device.type),
+                   lambda path: log_vae(model, x, path, fit))
+
+
+def train_direct(fit: str, p: DirectFitParams, m: ModelParams, x: torch.Tensor, generator: torch.Generator,
+                 dynamic: bool) -> Trainer:
+    decoder = Decoder(m.z_dim, m.hidden).to(x.device)
+    optimizer = make_optimizer(decoder, p.lr)
+    # drawn first from the seed, so a resumed checkpoint's generator state follows the same draws
+    draws = torch.randn(p.mc_samples, m.z_dim, generator=generator, device=x.device) if p.fixed_samples else None
+    objective = f"mc_nll_m{p.mc_samples}"
+
+    def epochs(done: int) -> Iterator[dict]:
+        return fit_direct(decoder, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, mc_samples=p.mc_samples,
+                          generator=generator, fixed_draws=draws, start_epoch=done, dynamic=dynamic,
+                          what=f"train@{fit}", lr_key=f"fits.{fit}.lr")
+
+    # The training draws are kept: evaluation reports the NLL under exactly these draws.
+    return Trainer(decoder, optimizer, epochs,
+                   lambda r: f"{fit} epoch {r['epoch']:2d}  MC marginal NLL={r['nll']:.2f}",
+                   lambda r: {objective: r["nll"]},
+                   lambda device: model_file(decoder, train_draws=draws, trained_on=device.type),
+                   partial(log_direct, decoder, fit=fit))

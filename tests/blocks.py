@@ -1,0 +1,83 @@
+"""One fit's evaluation in-process, as DVC would run it: each block stage's `compute` (stages/<block>.py) on a
+Block, its part written under `workdir/evaluation/<fit>/<block>/`, then merged as `evaluate@<fit>` does."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latentfit.core.config import Params
+from latentfit.evaluation.blocks import Block, part_dir, write_part
+from latentfit.evaluation.merge import merge
+from latentfit.evaluation.schema import FitScores
+from latentfit.model.files import FitModel
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = ("likelihood", "anatomy", "structure", "figure_data")  # in the order DVC runs them
+
+
+def stage_module(block: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"stage_{block}", ROOT / "stages" / f"{block}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+STAGES = {block: stage_module(block) for block in BLOCKS}
+COMPUTE = {block: module.compute for block, module in STAGES.items()}
+
+
+class Run:
+    """What a block logs to its MLflow run, kept in a list."""
+
+    def __init__(self, logged: list[str] | None = None):
+        self.logged = logged if logged is not None else []
+
+    def log_epoch(self, record: dict, prefix: str = "") -> None:
+        self.logged.append(prefix)
+
+
+@contextlib.contextmanager
+def inside(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@dataclass
+class Evaluated:
+    scores: FitScores
+    images: pd.DataFrame
+    estimators: list[dict[str, Any]]
+    rate_distortion: list[dict[str, Any]]
+    arrays: dict[str, Any]
+    encoder: Any  # the fit's own encoder, or its post-hoc one
+
+
+def evaluate_fit(fit: FitModel, train: dict, test: dict, params: Params, workdir: Path, *, classifier: Any,
+                 reference: Any, logged: list[str] | None = None) -> Evaluated:
+    workdir.mkdir(parents=True, exist_ok=True)
+    STAGES["structure"].load_classifier = lambda path, device: (classifier, reference)  # the reference stage's
+    with inside(workdir):
+        block = Block(fit.name, fit, train, test, params, Run(logged))  # type: ignore[arg-type]
+        for name in BLOCKS:
+            start = time.perf_counter()
+            write_part(part_dir(fit.name, name), COMPUTE[name](block), time.perf_counter() - start,
+                       {"device": "cpu", "device_name": "cpu", "torch": "test"})
+        merged = merge(Path("evaluation"), fit.name, "md5")
+        with np.load(part_dir(fit.name, "figure_data") / "figures.npz") as arrays:
+            figure_arrays = dict(arrays)
+        return Evaluated(merged.scores, merged.images, merged.estimators.to_dict("records"),
+                         merged.rate_distortion.to_dict("records"), figure_arrays, block.encoder())
