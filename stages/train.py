@@ -45,7 +45,8 @@ def main() -> None:
         save_torch(model_path, trainer.model_file(device))
         final = trainer.objective(history[-1])  # named for what it is: neg_elbo, neg_iwae_k8, mc_nll_m64
         write_json(f"metrics/train/{fit}.json", {"train": {fit: final}})  # dvc exp show: train.<fit>.<objective>
-        run.log_metrics(final | {"seconds_per_epoch": mean(r["seconds"] for r in history)}, prefix="final.")
+        terms = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")}  # rec, kl, nll, ...
+        run.log_metrics(terms | final | {"seconds_per_epoch": mean(r["seconds"] for r in history)}, prefix="final.")
         run.log_artifact(history_csv)
         run.call(trainer.register, model_path)  # last: it moves the weights to the CPU
     checkpoint.clear()

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
            "denoising", "tsne", "samples_same_z", "training_curves", "prior_mc_curve", "denoise_sweep",
            "estimator_convergence", "gap_walk", "rate_distortion"}
-HEADLINE = ["train.vae", "train.direct", "ais.vae", "ais.direct", "ais.gap", "iwae.vae", "iwae.direct", "iwae.gap",
-            "nelbo.vae", "prior.direct"]
-BLOCKS = ["encoder", "likelihood", "anatomy", "structure", "figure_data", "evaluate"]  # per fit, after train@<fit>
+HEADLINE = ["train.vae.neg_elbo", "train.direct.mc_nll_m64", "ais.vae", "ais.direct", "ais.gap", "iwae.vae",
+            "iwae.direct", "iwae.gap", "nelbo.vae", "prior.direct"]
+BLOCKS = ["likelihood", "anatomy", "structure", "figure_data", "evaluate"]  # per fit, after train@<fit>
 STAGES = ["download", "preprocess", "train@vae", "train@direct", "reference",
           *[f"{block}@{fit}" for fit in ("vae", "direct") for block in BLOCKS], "visualize"]
 SMALL = {  # every stage runs for real, on little data

@@ -18,8 +18,10 @@ import pandas as pd
 import psutil
 import pytest
 import torch
+import yaml
 
 from tests.e2e.helpers import (
+    BLOCKS,
     FIGURES,
     HEADLINE,
     SMALL,
@@ -34,6 +36,7 @@ from tests.e2e.helpers import (
 from tests.synthetic import FileServer
 
 pytestmark = pytest.mark.e2e
+VAE_STAGES = {s for s in STAGES if s.endswith("@vae")}  # train@vae and its evaluation's stages
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +73,29 @@ def test_repro_runs_every_stage_once_per_fit_and_writes_every_output(base):
                 "models/classifier.pt"):
         assert (p / out).stat().st_size > 0, out
     for fit in ("vae", "direct"):
-        assert {f.name for f in (p / "metrics" / fit).iterdir()} == {"scores.json", "images.csv", "estimators.csv",
-                                                                     "rate_distortion.csv", "figures.npz"}
-    listed = repo.dvc("stage", "list")
-    assert "evaluate@vae" in listed and "evaluate@direct" in listed
+        assert {f.name for f in (p / "metrics/fits" / fit).iterdir()} == {"scores.json", "images.csv", "estimators.csv",
+                                                                          "rate_distortion.csv"}
+        assert (p / "evaluation" / fit / "figure_data/figures.npz").is_file()
+        assert {f.name for f in (p / "evaluation" / fit / "likelihood").iterdir()} == {
+            "part.json", "images.csv", "estimators.csv", "state.pt", "encoder.pt"}
+    listed = set(re.findall(r"^(\S+)", repo.dvc("stage", "list"), flags=re.MULTILINE))
+    assert listed == set(STAGES)
     assert {f.stem for f in (p / "plots/figures").glob("*.png")} == FIGURES
     for png in (p / "plots/figures").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(p.rglob("*.tmp")), "a temporary file was left behind"
     drawn = json.loads(repo.dvc("plots", "show", "--json"))["data"]
-    assert {"vae_objective", "vae_kl", "direct_objective", "prior_sampling", "denoising", "estimators",
-            "rate_distortion"} <= set(drawn)
+    assert {"training", "prior_sampling", "denoising", "estimators", "rate_distortion"} <= set(drawn)
+    for curve in ("training", "prior_mc", "denoise", "estimators", "rate_distortion"):  # a row per fit and point
+        assert set(pd.read_csv(p / f"plots/{curve}.csv")["fit"]) == {"vae", "direct"}, curve
 
 
 def test_metrics_hold_every_key(base):
     repo = base
-    assert repo.json("metrics/train_vae.json") == {"train": {"vae": pytest.approx(
-        pd.read_csv(repo.path / "plots/train_vae.csv")["neg_elbo"].iloc[-1], rel=1e-5)}}
-    assert set(repo.json("metrics/train_direct.json")["train"]) == {"direct"}
+    assert repo.json("metrics/train/vae.json") == {"train": {"vae": {"neg_elbo": pytest.approx(
+        pd.read_csv(repo.path / "plots/train/vae.csv")["neg_elbo"].iloc[-1], rel=1e-5)}}}
+    assert repo.json("metrics/train/direct.json") == {"train": {"direct": {"mc_nll_m64": pytest.approx(
+        pd.read_csv(repo.path / "plots/train/direct.csv")["nll"].iloc[-1], rel=1e-5)}}}
     head, ev = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
     fits, pair = ev["fits"], ev["pairs"]["direct"]
     assert head == {"ais": {"vae": fits["vae"]["test"]["ais_nll"], "direct": fits["direct"]["test"]["ais_nll"],
@@ -98,12 +106,12 @@ def test_metrics_hold_every_key(base):
                     "prior": {"direct": fits["direct"]["test"]["prior_mc_nll"]},
                     "device": "cpu"}  # where both fits were trained and evaluated (resolved from `device: auto`)
     for fit in ("vae", "direct"):  # the comparison holds what each fit's own stage wrote, unchanged
-        assert fits[fit] == repo.json(f"metrics/{fit}/scores.json")
+        assert fits[fit] == repo.json(f"metrics/fits/{fit}/scores.json")
         assert set(fits[fit]["latent"]) == {"knn_accuracy", "silhouette"}
         assert fits[fit]["ran_on"]["device"] == fits[fit]["ran_on"]["trained_on"] == "cpu"
         assert fits[fit]["ran_on"]["torch"] == torch.__version__
         assert fits[fit]["sample_fd"] > ev["reference"]["data_fd"] >= 0
-        images = pd.read_csv(repo.path / f"metrics/{fit}/images.csv")
+        images = pd.read_csv(repo.path / f"metrics/fits/{fit}/images.csv")
         test = images[images["split"] == "test"]
         assert len(test) == 300 and test["ais"].mean() == pytest.approx(fits[fit]["test"]["ais_nll"])
     assert set(fits["vae"]["test"]) == {"neg_elbo", "rec", "kl", "prior_mc_nll", "iwae_nll", "iwae_nll_se",
@@ -117,13 +125,13 @@ def test_metrics_hold_every_key(base):
     assert ev["reference"]["entropy_floor"] < fits["vae"]["test"]["iwae_nll"] <= fits["vae"]["test"]["neg_elbo"]
     report = (repo.path / "metrics/report.md").read_text()
     assert report.splitlines()[2].startswith("**The ") and f"{fits['direct']['test']['ais_nll']:.2f}" in report
-    assert list(pd.read_csv(repo.path / "plots/prior_mc.csv")["samples"]) == [10, 100, 500]
+    assert list(pd.read_csv(repo.path / "plots/prior_mc.csv")["samples"]) == [10, 100, 500] * 2
     assert set(pd.read_csv(repo.path / "plots/estimators.csv")["estimator"]) == {"prior", "iwae", "ais"}
-    assert len(pd.read_csv(repo.path / "plots/denoise.csv")) == 5
+    assert len(pd.read_csv(repo.path / "plots/denoise.csv")) == 5 * 2
     assert set(fits["vae"]["denoise"]) == {"flip_0", "flip_0_01", "flip_0_02", "flip_0_05", "flip_0_1"}
-    vae = pd.read_csv(repo.path / "plots/train_vae.csv")
+    vae = pd.read_csv(repo.path / "plots/train/vae.csv")
     assert list(vae["epoch"]) == [1, 2] and {"rec", "kl", "neg_elbo", "seconds"} <= set(vae.columns)
-    assert list(pd.read_csv(repo.path / "plots/train_direct.csv")["epoch"]) == [1, 2]
+    assert list(pd.read_csv(repo.path / "plots/train/direct.csv")["epoch"]) == [1, 2]
 
 
 def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
@@ -144,21 +152,23 @@ def test_mlflow_holds_one_run_per_stage_with_epoch_histories(base):
     for tag in ("dvc_exp", "git_commit", "dataset"):
         assert all(r.data.tags[tag] == parent.data.tags[tag] for r in runs)
     assert parent.data.metrics["evaluate.vae.test.iwae_nll"] == pytest.approx(
-        repo.json("metrics/vae/scores.json")["test"]["iwae_nll"])
+        repo.json("metrics/fits/vae/scores.json")["test"]["iwae_nll"])
     assert parent.data.metrics["visualize.ais.gap"] == pytest.approx(repo.json("metrics/comparison.json")["ais"]["gap"])
     by_stage = {r.data.tags["stage"]: r for r in runs}
-    for stage, columns in (("train_vae", ["rec", "kl", "neg_elbo"]), ("train_direct", ["nll"])):
-        csv = pd.read_csv(repo.path / f"plots/{stage}.csv")
+    for fit, columns in (("vae", ["rec", "kl", "neg_elbo"]), ("direct", ["nll"])):
+        stage, csv = f"train@{fit}", pd.read_csv(repo.path / f"plots/train/{fit}.csv")
         for column in columns:
             history = client.get_metric_history(by_stage[stage].info.run_id, column)
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(csv[column]), rel=1e-5)
-    assert by_stage["train_vae"].data.params["train_vae.epochs"] == "2"
-    for stage in ("train_vae", "train_direct", "reference", "evaluate@vae", "evaluate@direct"):  # where each ran
+    assert by_stage["train@vae"].data.params["fits.vae.epochs"] == "2"
+    for stage in ("train@vae", "train@direct", "reference", "likelihood@vae", "anatomy@direct"):  # where each ran
         tags = by_stage[stage].data.tags
         assert tags["device"] == "cpu" and tags["torch"] == torch.__version__ and tags["device_name"], stage
     assert by_stage["evaluate@vae"].data.metrics["test.neg_elbo"] == pytest.approx(
-        repo.json("metrics/vae/scores.json")["test"]["neg_elbo"])
+        repo.json("metrics/fits/vae/scores.json")["test"]["neg_elbo"])
+    assert by_stage["likelihood@vae"].data.metrics["test.neg_elbo"] == pytest.approx(
+        repo.json("metrics/fits/vae/scores.json")["test"]["neg_elbo"])
     artifacts = {a.path for a in client.list_artifacts(by_stage["visualize"].info.run_id, "figures")}
     assert artifacts == {f"figures/{name}.png" for name in FIGURES}
     assert_models_load_back(client.tracking_uri, by_stage, repo.path)
@@ -175,32 +185,32 @@ def assert_models_load_back(uri: str, by_stage: dict, root: Path) -> None:
     z, y = torch.randn(4, 20), torch.rand(3, 784)
     with mock.patch.dict(os.environ):  # set_tracking_uri exports MLFLOW_TRACKING_URI: keep it to this check
         mlflow.set_tracking_uri(uri)
-        for stage, name in (("train_vae", "vae"), ("train_direct", "direct")):
-            if stage not in by_stage:
+        for name in ("vae", "direct"):
+            if f"train@{name}" not in by_stage:
                 continue
-            logged = mlflow.pytorch.load_model(f"runs:/{by_stage[stage].info.run_id}/{name}")
+            logged = mlflow.pytorch.load_model(f"runs:/{by_stage[f'train@{name}'].info.run_id}/decoder")
             saved, _ = load_decoder(root / f"models/{name}.pt")
             torch.testing.assert_close(logged(z), torch.sigmoid(saved(z)))
-        if "train_vae" in by_stage:
-            logged = mlflow.pytorch.load_model(f"runs:/{by_stage['train_vae'].info.run_id}/encoder")
+        if "train@vae" in by_stage:
+            logged = mlflow.pytorch.load_model(f"runs:/{by_stage['train@vae'].info.run_id}/encoder")
             torch.testing.assert_close(logged(y), torch.cat(load_vae(root / "models/vae.pt").encoder(y), dim=-1))
 
 
 def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base):
     from mlflow.tracking import MlflowClient
 
+    from latentfit.core.fits import registered_name
     from latentfit.core.io import file_md5
-    from latentfit.model.registry import REGISTERED
 
     client = MlflowClient(f"sqlite:///{base.path / 'mlflow.db'}")
     details = base.json("metrics/comparison_details.json")["fits"]
     for fit in ("vae", "direct"):
-        best = client.get_model_version_by_alias(REGISTERED[fit], "best-mnist")
+        best = client.get_model_version_by_alias(registered_name(fit), "best-mnist")  # latentfit-<fit>-decoder
         assert best.tags["dvc_md5"] == file_md5(base.path / f"models/{fit}.pt"), "the version evaluate measured"
         assert float(best.tags["ais_nll"]) == pytest.approx(details[fit]["test"]["ais_nll"], abs=1e-5)
         linked = client.get_logged_model(best.model_id or best.tags["model_id"]).metrics
         assert {m.key: m.value for m in linked}["test.ais_nll"] == pytest.approx(details[fit]["test"]["ais_nll"])
-    assert client.search_model_versions(f"name = '{REGISTERED['encoder']}'")
+    assert client.search_model_versions(f"name = '{registered_name('vae', 'encoder')}'")
     log = base.first_run
     assert "pickle" not in log.lower(), "no model is pickled, so MLflow has no pickle warning to give"
 
@@ -214,12 +224,12 @@ def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(ba
     import torch
     from mlflow.models import Model
 
+    from latentfit.core.fits import registered_name
     from latentfit.model.files import load_decoder
-    from latentfit.model.registry import REGISTERED
 
     port = free_port()
     env = {**base.env, "MLFLOW_TRACKING_URI": f"sqlite:///{base.path / 'mlflow.db'}"}
-    uri = f"models:/{REGISTERED['vae']}@best-mnist"
+    uri = f"models:/{registered_name('vae')}@best-mnist"
     args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "--host",
             "127.0.0.1", "--port", str(port)]
     with serving(args, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", cwd=tmp_path, env=env):
@@ -299,21 +309,23 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_changing_direct_epochs_reruns_only_what_depends_on_it(repo):
-    repo.set_params(train_direct={"epochs": 3})
-    assert ran_stages(repo.dvc("repro")) == {"train_direct", "evaluate@direct", "visualize"}
-    assert len(pd.read_csv(repo.path / "plots/train_direct.csv")) == 3
+    params = yaml.safe_load((repo.path / "params.yaml").read_text())
+    params["fits"]["direct"]["epochs"] = 3
+    (repo.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(repo.dvc("repro")) == {s for s in STAGES if s.endswith("@direct")} | {"visualize"}
+    assert len(pd.read_csv(repo.path / "plots/train/direct.csv")) == 3
 
 
 def test_exp_run_and_exp_show(repo):
-    out = repo.dvc("exp", "run", "-n", "e2e-exp", "-S", "train_vae.epochs=3")
-    assert ran_stages(out) == {"train_vae", "evaluate@vae", "visualize"}
+    out = repo.dvc("exp", "run", "-n", "e2e-exp", "-S", "fits.vae.epochs=3")
+    assert ran_stages(out) == VAE_STAGES | {"visualize"}
     shown = json.loads(repo.dvc("exp", "show", "--json"))
     exps = [e for row in shown for e in (row.get("experiments") or [])]
     exp = next(e for e in exps if e.get("name") == "e2e-exp")["revs"][0]["data"]
-    assert exp["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == 3
+    assert exp["params"]["params.yaml"]["data"]["fits"]["vae"]["epochs"] == 3
     metrics = exp["metrics"]
-    assert set(metrics) == {"metrics/train_vae.json", "metrics/train_direct.json", "metrics/comparison.json"}
-    assert metrics["metrics/train_vae.json"]["data"]["train"]["vae"] > 0
+    assert set(metrics) == {"metrics/train/vae.json", "metrics/train/direct.json", "metrics/comparison.json"}
+    assert metrics["metrics/train/vae.json"]["data"]["train"]["vae"]["neg_elbo"] > 0
     assert metrics["metrics/comparison.json"]["data"]["ais"]["gap"] == pytest.approx(
         repo.json("metrics/comparison_details.json")["pairs"]["direct"]["gap"]["ais"]["mean"])
 
@@ -332,17 +344,17 @@ def test_exp_run_and_exp_show(repo):
     client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id],
                               "tags.dvc_exp = 'e2e-exp' and tags.stage != 'pipeline'")
-    assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate@vae", "train_vae", "visualize"]
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(VAE_STAGES | {"visualize"})
 
 
 def test_a_direct_only_experiment_leaves_every_vae_number_as_it_was(repo):
-    """The acceptance of one fit, one evaluation: changing the direct fit's M runs neither train_vae nor
-    evaluate@vae, and every VAE number (its own files and its columns of the comparison) is bit-identical."""
-    before = {f: (repo.path / f).read_bytes() for f in ("metrics/vae/scores.json", "metrics/vae/images.csv",
-                                                       "metrics/vae/figures.npz", "models/vae.pt")}
+    """The acceptance of one fit, one evaluation: changing the direct fit's M runs no stage of the VAE, and
+    every VAE number (its own files and its columns of the comparison) is bit-identical."""
+    before = {f: (repo.path / f).read_bytes() for f in ("metrics/fits/vae/scores.json", "metrics/fits/vae/images.csv",
+                                                       "evaluation/vae/figure_data/figures.npz", "models/vae.pt")}
     head, details = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
-    out = repo.dvc("exp", "run", "-n", "m32", "-S", "train_direct.mc_samples=32")
-    assert ran_stages(out) == {"train_direct", "evaluate@direct", "visualize"}
+    out = repo.dvc("exp", "run", "-n", "m32", "-S", "fits.direct.mc_samples=32")
+    assert ran_stages(out) == {s for s in STAGES if s.endswith("@direct")} | {"visualize"}
     assert all((repo.path / f).read_bytes() == data for f, data in before.items())
     after_head, after = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
     assert after["fits"]["vae"] == details["fits"]["vae"] and after["reference"] == details["reference"]
@@ -354,10 +366,10 @@ def test_an_experiment_restores_evaluate_from_the_run_cache(repo):
     """evaluate, the costliest stage, is run-cached per fit: an experiment whose inputs of a fit's evaluation
     an earlier experiment already had takes its outputs from DVC's run cache instead of recomputing them."""
     first = repo.dvc("exp", "run", "--temp", "-n", "ev-a", "-S", "evaluate.seed=5")
-    assert {"evaluate@vae", "evaluate@direct", "visualize"} <= ran_stages(first)
-    second = repo.dvc("exp", "run", "-n", "ev-b", "-S", "evaluate.seed=5", "-S", "train_direct.epochs=3")
-    assert "Stage 'evaluate@vae' is cached - skipping run" in second, second
-    assert ran_stages(second) == {"train_direct", "evaluate@direct", "visualize"}
+    assert {"likelihood@vae", "likelihood@direct", "visualize"} <= ran_stages(first)
+    second = repo.dvc("exp", "run", "-n", "ev-b", "-S", "evaluate.seed=5", "-S", "fits.direct.epochs=3")
+    assert "Stage 'likelihood@vae' is cached - skipping run" in second, second
+    assert ran_stages(second) == {s for s in STAGES if s.endswith("@direct")} | {"visualize"}
     earlier = repo.json_at(exp_ref(repo, "ev-a"), "metrics/comparison.json")
     assert all(repo.json("metrics/comparison.json")[key]["vae"] == earlier[key]["vae"] for key in ("ais", "iwae", "nelbo"))
 
@@ -377,7 +389,7 @@ def test_a_module_only_preprocess_imports_marks_preprocess_and_downstream_change
     assert ran_stages(repo.dvc("repro", "preprocess")) == {"preprocess"}
     status = repo.dvc("status")  # ... and its new output reaches every stage that reads it (the rest follow)
     changed = set(re.findall(r"^([\w@]+):", status, flags=re.MULTILINE))
-    assert changed == {"train_vae", "train_direct", "reference", "evaluate@vae", "evaluate@direct"}, status
+    assert changed == {s for s in STAGES if s.split("@")[0] in ("train", "reference") or s.split("@")[0] in BLOCKS[:-1]}, status
     assert re.search(r"modified:\s+data/prepared", status), status
 
 
@@ -392,7 +404,7 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     import time
 
     for name, epochs in (("q-one", 1), ("q-two", 4)):
-        repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"train_vae.epochs={epochs}")
+        repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"fits.vae.epochs={epochs}")
     repo.dvc("queue", "start", "-j", "2")
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -407,7 +419,7 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     shown = json.loads(repo.dvc("exp", "show", "--json"))
     done = {e.get("name"): e["revs"][0]["data"] for row in shown for e in (row.get("experiments") or [])}
     for name, epochs in (("q-one", 1), ("q-two", 4)):
-        assert done[name]["params"]["params.yaml"]["data"]["train_vae"]["epochs"] == epochs
+        assert done[name]["params"]["params.yaml"]["data"]["fits"]["vae"]["epochs"] == epochs
         assert done[name]["metrics"]["metrics/comparison.json"]["data"]["iwae"]["vae"] > 0
 
     from mlflow.tracking import MlflowClient
@@ -416,7 +428,7 @@ def test_queued_experiments_run_two_at_a_time_and_land_in_mlflow(repo):
     experiment = client.get_experiment_by_name("latentfit").experiment_id
     for name in ("q-one", "q-two"):
         runs = client.search_runs([experiment], f"tags.dvc_exp = '{name}'")
-        assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate@vae", "pipeline", "train_vae", "visualize"]
+        assert sorted(r.data.tags["stage"] for r in runs) == sorted(VAE_STAGES | {"pipeline", "visualize"})
         assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -436,22 +448,22 @@ def test_a_shared_tracking_server_gets_the_runs_and_models(repo, mlflow_server):
 
     repo.env["MLFLOW_TRACKING_URI"] = mlflow_server
     try:
-        out = repo.dvc("exp", "run", "-n", "served", "-S", "train_direct.seed=7", "train_direct")
+        out = repo.dvc("exp", "run", "-n", "served", "-S", "fits.direct.seed=7", "train@direct")
     finally:
         del repo.env["MLFLOW_TRACKING_URI"]
-    assert ran_stages(out) == {"train_direct"}
+    assert ran_stages(out) == {"train@direct"}
     assert "MLflow" not in out, "no tracking warning: the server took the run"
 
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("latentfit").experiment_id], "tags.dvc_exp = 'served'")
     by_stage = {r.data.tags["stage"]: r for r in runs}
-    assert set(by_stage) == {"pipeline", "train_direct"}
-    run = by_stage["train_direct"]
+    assert set(by_stage) == {"pipeline", "train@direct"}
+    run = by_stage["train@direct"]
     assert run.data.tags["mlflow.parentRunId"] == by_stage["pipeline"].info.run_id
-    assert run.data.params["train_direct.seed"] == "7" and run.data.tags["git_commit"] != "unknown"
+    assert run.data.params["fits.direct.seed"] == "7" and run.data.tags["git_commit"] != "unknown"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "nll")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "train_direct.csv" in artifacts and "direct.pt" not in artifacts, "the model is logged once, as a model"
+    assert "direct.csv" in artifacts and "direct.pt" not in artifacts, "the model is logged once, as a model"
     assert_models_load_back(mlflow_server, by_stage, repo.path)
 
 
@@ -470,10 +482,42 @@ def test_a_local_remote_round_trip_leaves_a_second_clone_up_to_date(repo, tmp_pa
 
 def test_a_2d_latent_space_is_drawn_directly(repo):
     out = repo.dvc("exp", "run", "-n", "z2", "-S", "model.z_dim=2")
-    assert ran_stages(out) == {"train_vae", "train_direct", "evaluate@vae", "evaluate@direct", "visualize"}
+    assert ran_stages(out) == set(STAGES) - {"download", "preprocess", "reference"}
     drawn = {f.stem for f in (repo.path / "plots/figures").glob("*.png")}
     assert drawn == FIGURES - {"tsne"} | {"latent_means", "latent_manifold"}
     from PIL import Image
 
     with Image.open(repo.path / "plots/figures/latent_manifold.png") as image:
         assert image.width > 1.5 * image.height, "both decoders side by side"
+
+
+def test_a_third_fit_is_one_params_entry(repo):
+    """Adding `iwae8` (kind vae, iwae_k: 8) to params.yaml, with nothing else edited: `dvc repro` trains and
+    evaluates it alone (the notebook's two fits are up to date), and it is in every table, curve, figure, MLflow
+    run and the registry; dvc.yaml's deps still match the code."""
+    params = yaml.safe_load((repo.path / "params.yaml").read_text())
+    params["fits"]["iwae8"] = {"kind": "vae", "epochs": 2, "batch_size": 64, "iwae_k": 8}
+    (repo.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = repo.dvc("repro")
+    assert ran_stages(out) == {f"{block}@iwae8" for block in ("train", *BLOCKS)} | {"visualize"}
+    assert {f"{block}@iwae8" for block in ("train", *BLOCKS)} <= set(re.findall(r"^(\S+)", repo.dvc("stage", "list"),
+                                                                            flags=re.MULTILINE))
+    head, details = repo.json("metrics/comparison.json"), repo.json("metrics/comparison_details.json")
+    assert head["ais"]["iwae8"] == details["fits"]["iwae8"]["test"]["ais_nll"]
+    assert head["ais"]["gap_iwae8"] == details["pairs"]["iwae8"]["gap"]["ais"]["mean"]
+    assert head["ais"]["gap"] == details["pairs"]["direct"]["gap"]["ais"]["mean"]  # the notebook's columns stay
+    assert repo.json("metrics/train/iwae8.json")["train"]["iwae8"].keys() == {"neg_elbo", "neg_iwae_k8"}
+    report = (repo.path / "metrics/report.md").read_text()
+    assert "iwae8" in report.splitlines()[0] and f"{head['ais']['iwae8']:.2f}" in report
+    for curve in ("training", "prior_mc", "denoise", "estimators", "rate_distortion"):
+        assert set(pd.read_csv(repo.path / f"plots/{curve}.csv")["fit"]) == {"vae", "direct", "iwae8"}, curve
+    from PIL import Image
+
+    with Image.open(repo.path / "plots/figures/training_curves.png") as image:
+        assert image.width > 2.5 * image.height, "a panel per fit: three side by side"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo.path / 'mlflow.db'}")
+    (version,) = client.search_model_versions("name = 'latentfit-iwae8-decoder'")
+    assert float(version.tags["ais_nll"]) == pytest.approx(head["ais"]["iwae8"], abs=1e-5)
+    repo.run(sys.executable, "-m", "latentfit.dag")  # exits 1 if a stage's deps or params drifted

@@ -25,7 +25,8 @@ from tests.e2e.helpers import SMALL, Repo, new_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sweep]
 TINY = {**SMALL, "preprocess": {"train_limit": 300, "test_limit": 100},
-        "train_vae": {"epochs": 1, "batch_size": 64}, "train_direct": {"epochs": 1, "batch_size": 64}}
+        "fits": {"vae": {"kind": "vae", "epochs": 1, "batch_size": 64},
+                 "direct": {"kind": "direct", "epochs": 1, "batch_size": 64}}}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def sweep_runs(repo: Repo, name: str) -> tuple[object, list]:
 
 
 def test_a_local_sweep_lands_every_run_in_dvc_and_mlflow_with_seed_statistics(repo, capsys):
-    options = Options(name="lr", sets=["train_vae.lr=0.001,0.003"], seeds=[0, 1])
+    options = Options(name="lr", sets=["fits.vae.lr=0.001,0.003"], seeds=[0, 1])
     outcomes = sweep(options, progress=False)
     names = ["lr-lr=0.001-seed=0", "lr-lr=0.001-seed=1", "lr-lr=0.003-seed=0", "lr-lr=0.003-seed=1"]
     assert sorted(o.name for o in outcomes) == names and all(o.ok for o in outcomes)
@@ -107,19 +108,19 @@ def test_a_local_sweep_lands_every_run_in_dvc_and_mlflow_with_seed_statistics(re
     assert set(names) <= set(shown)
     for name in names:
         lr, seed = re.match(r"lr-lr=([\d.]+)-seed=(\d)", name).groups()
-        assert shown[name]["params"]["train_vae.lr"] == float(lr)
-        assert shown[name]["params"]["train_vae.seed"] == shown[name]["params"]["evaluate.seed"] == int(seed)
+        assert shown[name]["params"]["fits.vae.lr"] == float(lr)
+        assert shown[name]["params"]["fits.vae.seed"] == shown[name]["params"]["evaluate.seed"] == int(seed)
         assert np.isfinite(shown[name]["metrics"]["ais.gap"])
 
-    # a stage another run computed came from the run cache: train_direct does not depend on train_vae.lr
+    # a stage another run computed came from the run cache: train@direct does not depend on fits.vae.lr
     logs = {n: (repo.path / ".dvc/tmp/sweeps/lr" / f"{n}.log").read_text() for n in names}
-    assert sum("Stage 'train_direct' is cached" in log for log in logs.values()) >= 1, "train_direct re-ran everywhere"
+    assert sum("Stage 'train@direct' is cached" in log for log in logs.values()) >= 1, "train@direct re-ran everywhere"
 
     # one MLflow sweep run over 4 pipeline runs, tagged with the grid point and the seed
     parent, children = sweep_runs(repo, "lr")
     assert sorted(c.data.tags["dvc_exp"] for c in children) == names
     assert {(c.data.tags["sweep_point"], c.data.tags["sweep_seed"]) for c in children} == {
-        (f"train_vae.lr={lr}", s) for lr in ("0.001", "0.003") for s in ("0", "1")}
+        (f"fits.vae.lr={lr}", s) for lr in ("0.001", "0.003") for s in ("0", "1")}
     assert "summary" in {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
 
     # the summary equals a computation from the experiments' own metrics
@@ -127,16 +128,16 @@ def test_a_local_sweep_lands_every_run_in_dvc_and_mlflow_with_seed_statistics(re
     for lr in ("0.001", "0.003"):
         for metric in ("ais.gap", "iwae.gap", "ais.vae", "iwae.direct", "nelbo.vae", "prior.direct"):
             values = [shown[f"lr-lr={lr}-seed={s}"]["metrics"][metric] for s in (0, 1)]
-            row = summary[(summary.point == f"train_vae.lr={lr}") & (summary.metric == metric)].iloc[0]
+            row = summary[(summary.point == f"fits.vae.lr={lr}") & (summary.metric == metric)].iloc[0]
             lo, hi = stats.t.interval(0.95, 1, loc=np.mean(values), scale=stats.sem(values))
             assert (row["mean"], row["sd"]) == (pytest.approx(np.mean(values)), pytest.approx(np.std(values, ddof=1)))
             assert (row["lo"], row["hi"]) == (pytest.approx(lo), pytest.approx(hi))
         gaps = [shown[f"lr-lr={lr}-seed={s}"]["metrics"]["iwae.direct"] - shown[f"lr-lr={lr}-seed={s}"]["metrics"]["iwae.vae"]
                 for s in (0, 1)]
-        row = summary[(summary.point == f"train_vae.lr={lr}") & (summary.metric == "iwae.gap")].iloc[0]
+        row = summary[(summary.point == f"fits.vae.lr={lr}") & (summary.metric == "iwae.gap")].iloc[0]
         assert row["mean"] == pytest.approx(np.mean(gaps), abs=1e-3), "the gap is paired per seed"
     md = (repo.path / "metrics/sweeps/lr/summary.md").read_text()
-    assert "## train_vae.lr=0.003 (seeds 0, 1)" in md and "is better by" in md
+    assert "## fits.vae.lr=0.003 (seeds 0, 1)" in md and "is better by" in md
     assert (repo.path / "metrics/sweeps/lr/summary.png").stat().st_size > 10_000
 
     # the same command again runs nothing, and `latentfit sweep summary` writes the same numbers
@@ -153,12 +154,12 @@ def test_a_local_sweep_lands_every_run_in_dvc_and_mlflow_with_seed_statistics(re
 
 def test_a_diverging_grid_point_fails_alone_and_is_named(repo):
     with pytest.raises(SweepError) as failed:
-        sweep(Options(name="div", sets=["train_vae.lr=0.001,1000000"]), progress=True)  # the bar too
+        sweep(Options(name="div", sets=["fits.vae.lr=0.001,1000000"]), progress=True)  # the bar too
     assert "1 of 2 run(s) failed: div-lr=1000000-seed=0" in str(failed.value)
     head = repo.run("git", "rev-parse", "HEAD").strip()
     assert landed(repo.path, head) == {"div-lr=0.001-seed=0"}, "the good point landed, the bad one did not"
     log = (repo.path / ".dvc/tmp/sweeps/div/div-lr=1000000-seed=0.log").read_text()
-    assert "diverged" in log and "lower train_vae.lr" in log
+    assert "diverged" in log and "lower fits.vae.lr" in log
 
 
 def test_the_cli_refuses_a_bad_key_before_anything_runs(repo):
@@ -176,14 +177,14 @@ def test_the_cli_refuses_a_bad_key_before_anything_runs(repo):
 def test_a_killed_worker_is_retried_and_its_run_lands_once(repo, tmp_path):
     """SIGKILL the Ray worker in the middle of its pipeline: Ray runs the task again in a new worker and a
     fresh clone; the experiment lands once, from the second attempt, and the first attempt leaves nothing."""
-    options = Options(name="kill", sets=["train_vae.lr=0.002"], max_retries=1, workdir=str(tmp_path / "work"))
+    options = Options(name="kill", sets=["fits.vae.lr=0.002"], max_retries=1, workdir=str(tmp_path / "work"))
     (tmp_path / "work").mkdir()
     log = repo.path / ".dvc/tmp/sweeps/kill/kill-seed=0.log"
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(outcomes=sweep(options, progress=False)))
     thread.start()
     deadline = time.time() + 300
-    while time.time() < deadline and "Running stage 'train_vae'" not in (log.read_text() if log.exists() else ""):
+    while time.time() < deadline and "Running stage 'train@vae'" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.2)
     pid = int(re.search(r"\(pid (\d+)\)", log.read_text()).group(1))
     os.kill(pid, signal.SIGKILL)
@@ -213,7 +214,7 @@ def test_a_two_node_cluster_lands_runs_through_a_bare_git_repo_and_a_dvc_remote(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
-        outcomes = sweep(Options(name="two", sets=["train_vae.lr=0.001,0.003"], seeds=[0, 1], address=cluster.address,
+        outcomes = sweep(Options(name="two", sets=["fits.vae.lr=0.001,0.003"], seeds=[0, 1], address=cluster.address,
                                  git_remote="origin"), progress=False)
     finally:
         ray.shutdown()
@@ -229,7 +230,7 @@ def test_a_two_node_cluster_lands_runs_through_a_bare_git_repo_and_a_dvc_remote(
     assert any(storage.rglob("*")) and (storage / "runs").is_dir()
     # ... and the run cache crossed nodes: a train_direct another node computed was restored, not re-run
     logs = [(repo.path / ".dvc/tmp/sweeps/two" / f"two-lr=0.003-seed={s}.log").read_text() for s in (0, 1)]
-    assert any("Stage 'train_direct' is cached" in log for log in logs)
+    assert any("Stage 'train@direct' is cached" in log for log in logs)
     # the data came back too: an experiment applies from this repository's cache
     repo.dvc("exp", "apply", "two-lr=0.003-seed=1")
     assert (repo.path / "models/direct.pt").is_file()
