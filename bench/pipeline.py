@@ -9,11 +9,14 @@ prepared training split, each in a fresh process) and multiplies by the epochs p
 With `--switch-off evaluate.anatomy` it then forces every stage again with that param set to false (and
 puts params.yaml back): what the switched-off part adds to the whole pipeline, measured in the same run.
 With `--baseline /path/to/other-clone` it times that clone's `dvc repro -f` too (another commit, same
-params and data: today's main, say), and with `--experiment train_direct.mc_samples=32` it then times
-`dvc exp run -S` of that change after the full run: what an experiment on one fit costs.
+params and data: today's main, say), and each `--experiment KEY=VALUE` (repeatable) then times `dvc exp run
+-S KEY=VALUE` from the full run's state (params.yaml, dvc.lock and the outputs put back before each): the
+stages it ran, its share of the full run, and whether every number of the fits it did not touch (their
+metrics/fits/<fit>/ files) stayed bit for bit.
 
     python bench/pipeline.py --repo /path/to/clone --baseline /path/to/main-clone \
-        --experiment train_direct.mc_samples=32 --out bench/results-pipeline-cpu.md
+        --experiment visualize.tsne_perplexity=20 --experiment evaluate.gap_steps=100 \
+        --experiment fits.direct.mc_samples=32 --out bench/results-pipeline-cpu.md
 """
 
 from __future__ import annotations
@@ -46,6 +49,30 @@ def repro(repo: Path) -> float:
     return dvc(repo, "repro", "-f")[0]
 
 
+def fit_results(repo: Path) -> dict[str, bytes]:
+    """Every file of every fit's results (metrics/fits/<fit>/), by path."""
+    return {str(f.relative_to(repo)): f.read_bytes() for f in sorted((repo / "metrics/fits").rglob("*")) if f.is_file()}
+
+
+def experiment(repo: Path, change: str) -> tuple[float, list[str], str]:
+    """`dvc exp run -S change` from the full run's state: its seconds, the stages it ran, and which fits' results
+    it left bit for bit (those whose stages it did not run)."""
+    saved = {name: (repo / name).read_bytes() for name in ("params.yaml", "dvc.lock")}
+    before = fit_results(repo)
+    try:
+        seconds, out = dvc(repo, "exp", "run", "-S", change)
+        ran = sorted(set(re.findall(r"Running stage '([\w@]+)'", out)))
+        after = fit_results(repo)
+    finally:
+        for name, data in saved.items():
+            (repo / name).write_bytes(data)
+        dvc(repo, "checkout", "--force")
+    fits = sorted({path.split("/")[2] for path in before})
+    untouched = [f for f in fits if not any(stage.endswith(f"@{f}") for stage in ran)]
+    same = [f for f in untouched if all(after.get(p) == data for p, data in before.items() if p.split("/")[2] == f)]
+    return seconds, ran, ", ".join(f"{f}: {'yes' if f in same else 'NO'}" for f in untouched) or "(every fit ran)"
+
+
 def commit(repo: Path) -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -56,7 +83,8 @@ def main() -> None:
     parser.add_argument("--repo", required=True, help="a clone of the project, params set for the data to use")
     parser.add_argument("--switch-off", metavar="STAGE.KEY", help="a boolean param: time the pipeline again without it")
     parser.add_argument("--baseline", help="another clone (another commit, same params): its `dvc repro -f` too")
-    parser.add_argument("--experiment", metavar="KEY=VALUE", help="then time `dvc exp run -S KEY=VALUE`")
+    parser.add_argument("--experiment", metavar="KEY=VALUE", action="append", default=[],
+                        help="then time `dvc exp run -S KEY=VALUE` from the full run's state (repeatable)")
     parser.add_argument("--out", help="write the Markdown result here too")
     args = parser.parse_args()
     repo = Path(args.repo).resolve()
@@ -66,7 +94,8 @@ def main() -> None:
     baseline = repro(Path(args.baseline).resolve()) if args.baseline else None
 
     case_args = argparse.Namespace(data=str(repo / "data/prepared/train.pt"), device="cpu", threads=0, repeat=1)
-    epochs = {"vae_epoch": params["train_vae"]["epochs"], "direct_epoch": params["train_direct"]["epochs"]}
+    fits = params.get("fits") or {"vae": params["train_vae"], "direct": params["train_direct"]}  # or an older layout
+    epochs = {"vae_epoch": fits["vae"]["epochs"], "direct_epoch": fits["direct"]["epochs"]}
     loops = {case: measure(case, "reference", case_args)[0] * n for case, n in epochs.items()}
     notebook = sum(loops.values())
     table = (f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores. Data: `{params['data']['dataset']}`.\n"
@@ -81,11 +110,12 @@ def main() -> None:
              f"(1/{notebook / pipeline:.1f})"
              + (f"; the baseline's {baseline / notebook:.2f} (1/{notebook / baseline:.1f})" if baseline else "") + ".\n")
     if args.experiment:
-        seconds, out = dvc(repo, "exp", "run", "-S", args.experiment)
-        ran = sorted(set(re.findall(r"Running stage '([\w@]+)'", out)))
-        table += (f"\n| what | seconds |\n|---|---|\n| `dvc repro -f` | {pipeline:.0f} |\n"
-                  f"| then `dvc exp run -S {args.experiment}` (ran {', '.join(ran)}) | {seconds:.0f} |\n\n"
-                  f"The experiment takes {seconds / pipeline:.2f} of the full run.\n")
+        table += (f"\n| experiment, from the full run | ran | seconds | of the full run | untouched fits bit for bit |\n"
+                  f"|---|---|---|---|---|\n| `dvc repro -f` | every stage | {pipeline:.0f} | 1.00 | |\n")
+    for change in args.experiment:
+        seconds, ran, same = experiment(repo, change)
+        table += (f"| `dvc exp run -S {change}` | {', '.join(ran)} | {seconds:.0f} | {seconds / pipeline:.2f} | "
+                  f"{same} |\n")
     if args.switch_off:
         stage, key = args.switch_off.split(".")
         if params[stage][key] is not True:

@@ -23,7 +23,7 @@ from latentfit.core.tracking import stage_run
 from latentfit.evaluation.compare import compare, denoise_table, long_form, prior_curve
 from latentfit.evaluation.schema import FitScores, Reference
 from latentfit.model.registry import link_and_rank
-from latentfit.visualize.panels import curve_figures, model_figures
+from latentfit.visualize.panels import Inputs, draw
 from latentfit.visualize.report import class_names, render_report
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
@@ -80,8 +80,7 @@ def main() -> None:
         for key, path in CURVES.items():  # long form, a row per fit and point: DVC's plots draw every fit
             write_table(path, long_form(key, curves, histories))
         classes = class_names(params.data.dataset)
-        figs = model_figures({f: r.arrays for f, r in fits.items()}, params.visualize, classes)
-        figs |= curve_figures(histories, curves, details)
+        figs = draw(Inputs({f: r.arrays for f, r in fits.items()}, histories, curves, details, params.visualize, classes))
         for name, fig in figs.items():
             save_figure(FIGURES / f"{name}.png", fig)
             plt.close(fig)

@@ -21,7 +21,8 @@ from latentfit.evaluation.schema import Details, FitScores
 from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
 from latentfit.model.files import FitModel
 from latentfit.model.networks import VAE, Decoder
-from latentfit.visualize.panels import curve_figures, model_figures
+from latentfit.visualize import panels
+from latentfit.visualize.panels import Inputs, draw, expected
 from latentfit.visualize.report import render_report
 from tests.blocks import evaluate_fit
 from tests.synthetic import synthetic_split
@@ -220,13 +221,9 @@ def test_three_fits_in_every_table_and_figure(evaluated):
         else:  # one column per fit
             assert all(label in header for label in ("VAE", "direct fit", "iwae4")), block
     assert "iwae4 - VAE" in report
-    figs = model_figures({n: arrays[n] for n in names}, params.visualize, [])
     histories = {n: pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]})
                  for n in names}
-    curves = {"prior_mc": prior_curve({n: results[n].images for n in names}), "denoise": denoise_table(d.fits),
-              "estimators": pd.DataFrame([r for n in names for r in results[n].estimators]),
-              "rate_distortion": pd.DataFrame([r for n in names for r in results[n].rate_distortion])}
-    figs |= curve_figures(histories, curves, d)
+    figs = draw(figure_inputs(evaluated, d, histories, []))
     rows = {"reconstruction": 1 + 2 * 3, "prior_samples": 3, "samples_same_z": 3, "interpolation": 3,
             "interpolation_latent_vs_pixel": 4, "denoising": 2 + 3}
     for name, count in rows.items():
@@ -240,19 +237,23 @@ def test_three_fits_in_every_table_and_figure(evaluated):
         plt.close(fig)
 
 
-def test_visualize_draws_every_figure(evaluated):
+def figure_inputs(evaluated, d: Details, histories: dict, classes: list[str]) -> Inputs:
     params, *_, results, arrays, _ = evaluated
+    names = list(d.fits)
+    curves = {"prior_mc": prior_curve({n: results[n].images for n in names}), "denoise": denoise_table(d.fits),
+              "estimators": pd.DataFrame([r for n in names for r in results[n].estimators]),
+              "rate_distortion": pd.DataFrame([r for n in names for r in results[n].rate_distortion])}
+    return Inputs({n: arrays[n] for n in names}, histories, curves, d, params.visualize, classes)
+
+
+HISTORIES = {"vae": pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]}),
+             "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
+
+
+def test_visualize_draws_every_figure(evaluated):
     d = comparison(evaluated)
-    figs = model_figures({n: arrays[n] for n in ("vae", "direct")}, params.visualize, [str(c) for c in range(10)])
-    histories = {"vae": pd.DataFrame({"epoch": [1, 2], "rec": [3.0, 2.0], "kl": [1.0, 1.0], "neg_elbo": [4.0, 3.0]}),
-                 "direct": pd.DataFrame({"epoch": [1, 2], "nll": [5.0, 4.0]})}
-    curves = {"prior_mc": prior_curve({n: results[n].images for n in d.fits}), "denoise": denoise_table(d.fits),
-              "estimators": pd.DataFrame([r for n in d.fits for r in results[n].estimators]),
-              "rate_distortion": pd.DataFrame([r for n in d.fits for r in results[n].rate_distortion])}
-    figs |= curve_figures(histories, curves, d)
-    assert set(figs) == {"raw_image", "reconstruction", "prior_samples", "interpolation",
-                         "interpolation_latent_vs_pixel", "denoising", "tsne", "samples_same_z", "training_curves",
-                         "prior_mc_curve", "denoise_sweep", "estimator_convergence", "gap_walk", "rate_distortion"}
+    figs = draw(figure_inputs(evaluated, d, HISTORIES, [str(c) for c in range(10)]))
+    assert set(figs) == expected(z_dim=3) and "tsne" in figs and "latent_manifold" not in figs
     convergence = figs["estimator_convergence"]
     assert len(convergence.axes) == 2 and all(len(ax.lines) == 3 for ax in convergence.axes)
     for fig in figs.values():
@@ -296,3 +297,36 @@ def test_the_schema_reads_back_the_comparison_file_this_release_writes():
     details = Details.from_dict(written)
     assert details.to_dict() == written
     assert details.headline()["ais"]["gap"] == written["pairs"]["direct"]["gap"]["ais"]["mean"]
+
+
+def test_a_new_figure_is_its_function_and_one_registry_line(evaluated, monkeypatch):
+    """Registered once: the final stage draws it, under its name, with every fit in it."""
+    d = comparison(evaluated)
+
+    def sample_grid(inputs: Inputs):
+        fig, axes = plt.subplots(1, len(inputs.fits))
+        for ax, fit in zip(axes, inputs.fits, strict=True):
+            ax.imshow(inputs.arrays[fit]["prior_samples"][0].reshape(28, 28))
+        return fig
+
+    monkeypatch.setitem(panels.FIGURES, "first_sample", sample_grid)
+    figs = draw(figure_inputs(evaluated, d, HISTORIES, []))
+    assert set(figs) == expected(z_dim=3) and len(figs["first_sample"].axes) == 2
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def test_a_new_metric_is_its_computation_and_one_registry_line(evaluated, monkeypatch):
+    """Registered once: in the headline (a `dvc exp show` column), the report's table and the sweep's summary."""
+    from latentfit.evaluation import schema
+
+    d = comparison(evaluated)
+    width = schema.Metric("bdmc_gap", "BDMC gap ({p.ais_steps} distributions)", lambda f: f.bdmc.gap,
+                          "how loose AIS is at this schedule", headline=lambda f: True)
+    monkeypatch.setattr(schema, "METRICS", [*schema.METRICS, width])
+    monkeypatch.setattr("latentfit.visualize.report.METRICS", schema.METRICS)
+    assert d.headline()["bdmc_gap"] == {n: s.bdmc.gap for n, s in d.fits.items()}
+    report = render_report(d, evaluated[0])
+    line = next(line for line in report.splitlines() if line.startswith("| BDMC gap (20 distributions)"))
+    assert f"{d.fits['direct'].bdmc.gap:.2f}" in line and "how loose AIS is" in line
+    assert schema.summary_metrics(d)["bdmc_gap.direct"][1](d) == d.fits["direct"].bdmc.gap

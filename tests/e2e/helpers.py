@@ -18,10 +18,10 @@ from pathlib import Path
 
 import yaml
 
+from latentfit.visualize.panels import expected
+
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"raw_image", "reconstruction", "prior_samples", "interpolation", "interpolation_latent_vs_pixel",
-           "denoising", "tsne", "samples_same_z", "training_curves", "prior_mc_curve", "denoise_sweep",
-           "estimator_convergence", "gap_walk", "rate_distortion"}
+FIGURES = expected(z_dim=20)  # the registry's figures (visualize/panels.FIGURES) of a run with a 20-d latent
 HEADLINE = ["train.vae.neg_elbo", "train.direct.mc_nll_m64", "ais.vae", "ais.direct", "ais.gap", "iwae.vae",
             "iwae.direct", "iwae.gap", "nelbo.vae", "prior.direct"]
 BLOCKS = ["likelihood", "anatomy", "structure", "figure_data", "evaluate"]  # per fit, after train@<fit>

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from latentfit.visualize.panels import expected
 from tests.e2e.helpers import (
     BLOCKS,
     FIGURES,
@@ -484,7 +485,7 @@ def test_a_2d_latent_space_is_drawn_directly(repo):
     out = repo.dvc("exp", "run", "-n", "z2", "-S", "model.z_dim=2")
     assert ran_stages(out) == set(STAGES) - {"download", "preprocess", "reference"}
     drawn = {f.stem for f in (repo.path / "plots/figures").glob("*.png")}
-    assert drawn == FIGURES - {"tsne"} | {"latent_means", "latent_manifold"}
+    assert drawn == expected(z_dim=2) and "latent_manifold" in drawn and "tsne" not in drawn
     from PIL import Image
 
     with Image.open(repo.path / "plots/figures/latent_manifold.png") as image:

@@ -1,5 +1,6 @@
 """What every stage does first and last: take its share of the cores, pick the device, seed, and fail
-with a clear message."""
+with a clear message. torch is imported where it is used: a stage that runs no model (evaluate@<fit>'s
+merge) starts without it (bench/results-stage-start-cpu.md)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from latentfit.core.config import thread_override
 from latentfit.core.errors import Interrupted, LatentfitError, ParamsError, raise_interrupted
@@ -39,6 +42,8 @@ RUNNING = Path(tempfile.gettempdir()) / f"latentfit-stages-{_user()}"
 
 def pick_device(name: str) -> torch.device:
     """`auto` -> cuda, then mps, then cpu; a named device that is absent is an error, not a fallback."""
+    import torch
+
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
         name = next(d for d in ("cuda", "mps", "cpu") if available[d])
@@ -51,6 +56,8 @@ def where(device: torch.device) -> dict[str, str]:
     """What a result ran on, for the record: the resolved device (`cuda`, not `auto`), its name (the GPU's, or
     the CPU's) and the torch version. CPU and CUDA draw different numbers from one seed, so every result
     that depends on the device says which it was."""
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     elif device.type == "mps":
@@ -72,6 +79,8 @@ def _cpu_name() -> str:
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     """Seed the global RNG (weight init) and return a generator for everything drawn afterwards."""
+    import torch
+
     torch.manual_seed(seed)
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -81,6 +90,8 @@ def stream(seed: int, *names: str, device: torch.device | str = "cpu") -> torch.
     hash of the seed and the names that is the same in every process and on every machine, so that adding,
     removing or reordering a block or a fit moves no other block's draws. Seeds torch's global generator
     with it too: modules the block creates are initialised from it, not from whatever ran before."""
+    import torch
+
     digest = hashlib.blake2b("/".join([str(seed), *names]).encode(), digest_size=8).digest()
     value = int.from_bytes(digest, "little") & (2**63 - 1)
     torch.manual_seed(value)
@@ -111,7 +122,8 @@ def share_cpus() -> int:
     times slower than one after the other). LATENTFIT_THREADS overrides it. Call it again between long
     steps: the share grows when a neighbour ends. Thread counts can move a result in its last digits."""
     threads = thread_override() or max(1, machine_cores() // running_stages())
-    if torch.get_num_threads() != threads:
+    torch = sys.modules.get("torch")  # a stage that runs no model has not imported it, and need not
+    if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
         from threadpoolctl import threadpool_limits
 

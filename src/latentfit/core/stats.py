@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the comparison reads numbers without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Interval:
 
 def host(values: torch.Tensor | Sequence[float] | np.ndarray) -> np.ndarray:
     """Values as a float64 numpy array on the host (a tensor leaves its device first, in its own dtype)."""
-    if isinstance(values, torch.Tensor):
+    if hasattr(values, "detach"):  # a torch tensor
         values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=np.float64)
 
@@ -62,13 +65,13 @@ class CompensatedSum:
 
     def __init__(self, start: torch.Tensor):
         self.sum = start.clone()
-        self.compensation = torch.zeros_like(start)
+        self.compensation = start.new_zeros(start.shape)
 
     def add_(self, term: torch.Tensor) -> None:
         total = self.sum + term
         big = self.sum.abs() >= term.abs()
-        # the part of the smaller operand that `total` could not hold
-        self.compensation += torch.where(big, (self.sum - total) + term, (term - total) + self.sum)
+        # the part of the smaller operand that `total` could not hold (Tensor.where: torch.where(big, a, b))
+        self.compensation += ((self.sum - total) + term).where(big, (term - total) + self.sum)
         self.sum = total
 
     @property

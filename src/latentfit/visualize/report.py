@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from tabulate import tabulate
 
 from latentfit.core.config import EvaluateParams, Params
 from latentfit.core.fits import label
 from latentfit.evaluation.anatomy_records import InferenceGaps
-from latentfit.evaluation.schema import Details, FitScores, fmt, verdict, walk
+from latentfit.evaluation.schema import METRICS, Details, FitScores, Metric, fmt, verdict, walk
 
 FIGURES = "../plots/figures"
 
@@ -175,43 +174,25 @@ def _class(classes: list[str], c: str) -> str:
 
 
 def metric_rows(m: Details, p: EvaluateParams) -> list[list[object]]:
-    """Every per-fit number: (metric, a value per fit, its meaning)."""
+    """Every per-fit number: (metric, a value per fit, its meaning): schema.METRICS, then the denoising sweep."""
     fits = list(m.fits.values())
 
     def row(name: str, values: list[str], meaning: str) -> list[object]:
         return [name, *values, meaning]
 
-    def each(read: Any, digits: int = 2) -> list[str]:
-        return [fmt(read(s), digits=digits) if read(s) is not None else "n/a" for s in fits]
+    def each(metric: Metric) -> list[str]:
+        values = [(metric.read(s), metric.se(s) if metric.se else None) for s in fits]
+        return [fmt(v, se, metric.digits) if v is not None else "n/a" for v, se in values]
 
-    rows = [
-        row(f"AIS NLL ({p.ais_chains} chains, {p.ais_steps} distributions, first {p.ais_images} test images)",
-            [fmt(s.test.ais_nll, s.test.ais_nll_se) for s in fits],
-            "held-out -log p(y) by annealed importance sampling from the prior (HMC): no encoder, the same for every "
-            "decoder; a stochastic upper bound whose looseness BDMC measures"),
-        row(f"IWAE NLL (k = {p.iwae_samples}, first {p.iwae_images} test images)",
-            [fmt(s.test.iwae_nll, s.test.iwae_nll_se) for s in fits],
-            "importance sampling with an encoder as proposal (post hoc for a fit without one); tightens with k"),
-        row("excess over the entropy floor", each(lambda s: s.test.excess),
-            f"AIS NLL minus sum_j H(y_j) of the same images (all test images: {m.reference.entropy_floor:.2f})"),
-        row(f"prior-sampling NLL (M = {p.prior_mc_samples} fresh draws)", each(lambda s: s.test.prior_mc_nll),
-            "-log (1/M) sum_m p(y \\| z_m), z_m from the prior: biased upwards for small M"),
-        row("NLL with the fit's own training draws", each(lambda s: s.test.train_draws_nll),
-            "the same estimator with the very M draws a direct fit trained on"),
-        row("test -ELBO", each(lambda s: s.test.neg_elbo), "a fit's bound with its own encoder, one draw per image"),
-        row("  of which reconstruction", each(lambda s: s.test.rec), "E_q[-log p(y | z)]"),
-        row("  of which KL", each(lambda s: s.test.kl), "KL(q(z | y) || p(z))"),
-        row("IWAE NLL, post-hoc encoder (control)", each(lambda s: s.test.iwae_nll_posthoc),
-            "a decoder with its own encoder measured the way one without is: close to the IWAE row means fair"),
-        row(f"kNN accuracy of latent means (k = {p.knn_neighbours})", each(lambda s: s.latent.knn_accuracy, 3),
-            "labels predicted from the nearest training latents: class structure the latent space keeps"),
-        row("silhouette of label clusters", each(lambda s: s.latent.silhouette, 3), "-1 .. 1, higher: separated"),
-        row("Frechet distance of prior samples", each(lambda s: s.sample_fd),
-            f"classifier features of samples vs test images (real train vs test: {m.reference.data_fd:.2f})"),
-    ]
+    rows = [row(metric.label.format(p=p), each(metric), metric.meaning.format(p=p, ref=m.reference))
+            for metric in METRICS]
+    def denoise_bce(key: str) -> Metric:
+        return Metric("denoise", "", lambda s: s.denoise[key].bce)
+
     for i, key in enumerate(fits[0].denoise):
         prob = fits[0].denoise[key].flip_prob
-        rows.append(row(f"denoising BCE, flip probability {prob:g}", each(lambda s, k=key: s.denoise[k].bce),
+        bce = denoise_bce(key)
+        rows.append(row(f"denoising BCE, flip probability {prob:g}", each(bce),
                         "the same, each pixel flipped with this probability" if i else
                         "reconstruction of a pixel-flipped test image against the clean one: a fit's encoder "
                         f"(posterior mean), or the best of {p.search_candidates} prior draws"))
