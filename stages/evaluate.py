@@ -2,12 +2,14 @@
 structure) into metrics/fits/<fit>/: scores.json (every number), images.csv (one row per image), and its
 curves. Runs no model, reads no param: `dvc repro evaluate` runs every fit's blocks and this."""
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
 from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.errors import DataError
 from latentfit.core.io import atomic_dir, file_md5, write_json, write_table
 from latentfit.core.runtime import fit_argument, stage_main
 from latentfit.core.tracking import stage_run
@@ -16,7 +18,7 @@ from latentfit.evaluation.merge import merge
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ()
 
-EVALUATION, RESULTS = Path("evaluation"), Path("metrics/fits")
+EVALUATION, RESULTS, IDENTITY = Path("evaluation"), Path("metrics/fits"), Path("data/prepared/identity.json")
 
 
 @stage_main("evaluate")
@@ -24,7 +26,9 @@ def main() -> None:
     full = load_params()
     fit, stage = fit_argument("evaluate", full.fits)
     params = full.reading(READS, stage)
-    merged = merge(EVALUATION, fit, file_md5(f"models/{fit}.pt"))
+    if not IDENTITY.is_file():
+        raise DataError(f"{IDENTITY} is missing: run `dvc repro preprocess` (it records what the data are)")
+    merged = merge(EVALUATION, fit, file_md5(f"models/{fit}.pt"), json.loads(IDENTITY.read_text()))
     with stage_run(stage, to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
         with atomic_dir(RESULTS / fit) as tmp:  # the fit's results appear together, or not at all
             write_table(tmp / "images.csv", merged.images)

@@ -65,7 +65,7 @@ def test_runs_on_other_images_or_a_missing_file_are_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="not scored on the same test images"):
         paired_gaps({"a": read_images(a), "b": read_images(b)})
     assert main(["compare", f"a={a}", f"b={tmp_path / 'nowhere'}"]) == 1
-    assert f"{tmp_path / 'nowhere' / 'images.csv'} is missing: give a fit's metrics directory" in capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere' / 'images.csv'} is missing: give a fit's results directory" in capsys.readouterr().err
     assert main(["compare", f"a={a}", str(b)]) == 1
     assert "is not NAME=DIR" in capsys.readouterr().err
 
@@ -98,3 +98,54 @@ def test_a_fit_is_read_as_another_revision_or_experiment_has_it(tmp_path, monkey
     assert "| now " in printed and "7.00 ± 0.00" in printed
     with pytest.raises(DataError, match=r"metrics/vae/images.csv@no-such-rev: .*dvc exp show"):
         read_images("metrics/vae", rev="no-such-rev")
+
+
+def identity(binarize: str = "none", sha: str = "a1") -> dict:
+    return {"dataset": "mnist", "binarize": binarize, "train_limit": 0, "test_limit": 6, "train_images": 600,
+            "test_images": 6, "train_sha256": "t" + sha, "test_sha256": sha}
+
+
+def test_a_grey_and_a_binarised_run_are_refused_naming_what_differs(tmp_path, capsys):
+    """Same image ids and labels, other pixels: the data identity each scores.json records tells them apart."""
+    import json
+
+    labels = np.arange(6) % 10
+    grey = write_images(tmp_path / "grey", np.ones(6), np.ones(6), labels)
+    binary = write_images(tmp_path / "binary", np.ones(6) + 1, np.ones(6), labels)
+    again = write_images(tmp_path / "again", np.ones(6) + 2, np.ones(6), labels)
+    for directory, data in ((grey, identity()), (binary, identity("static", "b2")), (again, identity())):
+        (directory / "scores.json").write_text(json.dumps({"fit": "vae", "data": data}))
+    with pytest.raises(DataError, match=r"binary .*and grey .*different data \(binarize 'none' vs 'static'.*"
+                                        r"test_sha256 'a1' vs 'b2'"):
+        paired_gaps({"grey": read_images(grey), "binary": read_images(binary)})
+    assert main(["compare", f"grey={grey}", f"binary={binary}"]) == 1
+    assert "scored on different data" in capsys.readouterr().err
+    gaps = paired_gaps({"grey": read_images(grey), "again": read_images(again)}).set_index("estimator")
+    assert gaps.loc["ais", "gap"] == pytest.approx(2.0)  # two runs on the same data still compare
+
+
+def test_the_comparison_pairs_by_image_dropping_a_nan_from_both_fits():
+    """A NaN in one fit's AIS column (image 2) drops image 2 from both; every other image keeps its partner
+    (pairing by position after dropping it would shift every later image onto its neighbour)."""
+    from latentfit.core.config import parse_params
+    from latentfit.evaluation.compare import estimator_nll, pair
+
+    p = parse_params({"evaluate": {"ais_images": 6, "ais_curve_images": 6, "iwae_images": 6, "iwae_samples": 10,
+                                   "iwae_curve": [1], "prior_mc_samples": 100, "prior_mc_curve": [10]}}).evaluate
+    n = 8
+    base_ais = np.array([200.0, 210, 220, 230, 240, 250])
+    shift = np.array([1.0, 2, 3, 4, 5, 6])
+
+    def frame(ais):
+        return pd.DataFrame({"split": "test", "image": np.arange(n), "label": np.arange(n) % 3,
+                             "ais": np.concatenate([ais, [np.nan] * (n - 6)]), "iwae_10": np.arange(n) + 300.0,
+                             "prior_mc_100": np.arange(n) + 400.0})
+
+    fit_ais = base_ais + shift
+    fit_ais[2] = np.nan
+    result = pair(estimator_nll(frame(fit_ais), p), estimator_nll(frame(base_ais), p), n=6)
+    kept = np.array([0, 1, 3, 4, 5])
+    assert result.gap.ais.images == 5 and result.gap.ais.mean == pytest.approx(shift[kept].mean())
+    assert result.verdict.ais.fit == pytest.approx(fit_ais[kept].mean())
+    assert result.verdict.ais.baseline == pytest.approx(base_ais[kept].mean())
+    assert result.gap.iwae.mean == 0 and result.gap.iwae.images == n

@@ -330,3 +330,20 @@ def test_a_new_metric_is_its_computation_and_one_registry_line(evaluated, monkey
     line = next(line for line in report.splitlines() if line.startswith("| BDMC gap (20 distributions)"))
     assert f"{d.fits['direct'].bdmc.gap:.2f}" in line and "how loose AIS is" in line
     assert schema.summary_metrics(d)["bdmc_gap.direct"][1](d) == d.fits["direct"].bdmc.gap
+
+
+def test_the_comparison_refuses_fits_scored_on_different_data(evaluated):
+    from latentfit.core.errors import DataError
+    from latentfit.evaluation.schema import DataIdentity
+
+    params, *_, ref, _, results, _, _ = evaluated
+    grey = DataIdentity("mnist", "none", 300, 120, 300, 120, "t1", "a1")
+    scores = {"vae": dataclasses.replace(results["vae"].scores, data=grey),
+              "direct": dataclasses.replace(results["direct"].scores, data=dataclasses.replace(grey, binarize="static",
+                                                                                                test_sha256="b2"))}
+    images = {n: results[n].images for n in scores}
+    with pytest.raises(DataError, match=r"direct and vae were scored on different data \(binarize 'none' vs "
+                                        r"'static', test_sha256 'a1' vs 'b2'\)"):
+        compare(scores, images, ref, params.evaluate)
+    scores["direct"] = dataclasses.replace(results["direct"].scores, data=grey)
+    assert compare(scores, images, ref, params.evaluate).fits["direct"].data == grey  # the same data: compared

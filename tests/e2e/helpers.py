@@ -22,7 +22,7 @@ from latentfit.visualize.panels import expected
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = expected(z_dim=20)  # the registry's figures (visualize/panels.FIGURES) of a run with a 20-d latent
-HEADLINE = ["train.vae.neg_elbo", "train.direct.mc_nll_m64", "ais.vae", "ais.direct", "ais.gap", "iwae.vae",
+HEADLINE = ["train.vae", "train.direct", "ais.vae", "ais.direct", "ais.gap", "iwae.vae",
             "iwae.direct", "iwae.gap", "nelbo.vae", "prior.direct"]
 BLOCKS = ["likelihood", "anatomy", "structure", "figure_data", "evaluate"]  # per fit, after train@<fit>
 STAGES = ["download", "preprocess", "train@vae", "train@direct", "reference",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,3 +40,15 @@ def prepare_split(raw_dir: str | Path, split: str, limit: int = 0, binarize: str
     if binarize == "dynamic":
         return {"x": torch.bernoulli(x, generator=torch.Generator().manual_seed(BINARIZE_SEED)), "y": labels}
     return {"x": x, "y": labels}
+
+
+def identity(splits: dict[str, dict[str, torch.Tensor]], dataset: str, binarize: str, limits: dict[str, int]) -> dict[str, Any]:
+    """What the prepared data are, for every result computed from them (data/prepared/identity.json): the
+    dataset, the preprocessing, and a SHA-256 of each split's pixels and labels, so two results pair only when
+    they scored the very same bytes (a grey and a binarised run share image ids and labels, not pixels)."""
+    out: dict[str, Any] = {"dataset": dataset, "binarize": binarize}
+    for name, split in splits.items():
+        digest = hashlib.sha256(split["x"].numpy().tobytes())
+        digest.update(split["y"].numpy().tobytes())
+        out |= {f"{name}_limit": limits[name], f"{name}_images": len(split["x"]), f"{name}_sha256": digest.hexdigest()}
+    return out

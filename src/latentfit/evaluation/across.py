@@ -1,11 +1,14 @@
 """Paired gaps between fits from different runs (`latentfit compare`). Every `evaluate@<fit>` stage writes its
-per-image NLLs (`metrics/<fit>/images.csv`); two runs that scored the same test images pair image by image, so
+per-image NLLs (`metrics/fits/<fit>/images.csv`) and the identity of the data it scored (`scores.json`'s `data`);
+two runs that scored the same data pair image by image, so
 a fit of one experiment (the VAE trained by the IWAE bound, say) can be set against the fits of another without
 evaluating anything again: from the workspace, or from any revision DVC knows (a commit, branch, tag or experiment
 name; the file comes from DVC's cache). Pandas and numpy only: nothing here runs a model."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,19 +28,33 @@ def read_images(path: str | Path, rev: str | None = None) -> pd.DataFrame:
     path = Path(path)
     file = path if path.suffix == ".csv" else path / "images.csv"
     if rev is not None:
-        frame = _read_at(file, rev)
+        frame = pd.read_csv(io.StringIO(_read_at(file, rev)))
     elif not file.is_file():
-        raise DataError(f"{file} is missing: give a fit's metrics directory (metrics/<fit>/, written by "
+        raise DataError(f"{file} is missing: give a fit's results directory (metrics/fits/<fit>/, written by "
                         "`dvc repro evaluate@<fit>`) or its images.csv, or DIR@REV for another revision's")
     else:
         frame = pd.read_csv(file)
     missing = {"split", "image", "label", "ais"} - set(frame.columns)
     if missing:
         raise DataError(f"{file} has no column {', '.join(sorted(missing))}: it is not an evaluate stage's images.csv")
-    return frame[frame["split"] == "test"].set_index("image").sort_index()
+    test = frame[frame["split"] == "test"].set_index("image").sort_index()
+    test.attrs["data"] = _identity(file.with_name("scores.json"), rev)
+    test.attrs["source"] = f"{file.parent}{'@' + rev if rev else ''}"
+    return test
 
 
-def _read_at(file: Path, rev: str) -> pd.DataFrame:
+def _identity(scores: Path, rev: str | None) -> dict | None:
+    """The data identity a fit's scores.json records beside its images.csv (None if it records none)."""
+    if rev is None and not scores.is_file():
+        return None
+    try:
+        text = _read_at(scores, rev) if rev is not None else scores.read_text()
+    except DataError:
+        return None
+    return json.loads(text).get("data")
+
+
+def _read_at(file: Path, rev: str) -> str:
     """`file` (relative to the working directory, inside this DVC repository) as revision `rev` has it."""
     import dvc.api
     from dvc.exceptions import DvcException
@@ -50,7 +67,7 @@ def _read_at(file: Path, rev: str) -> pd.DataFrame:
         inside = file.resolve().relative_to(root).as_posix()
         sha = resolve_rev(SCM(str(root)), rev)  # experiment names too, which git alone does not know
         with dvc.api.open(inside, repo=str(root), rev=sha) as handle:
-            return pd.read_csv(handle)
+            return handle.read()
     except (DvcException, SCMError, ValueError, FileNotFoundError) as err:
         raise DataError(f"{file}@{rev}: {err}. Give a revision of this repository (`git log`, `dvc exp show`) whose "
                         "dvc.lock has that fit's evaluate output, and run from inside the repository") from err
@@ -73,6 +90,12 @@ def paired_gaps(fits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name in names[1:]:
         frame = fits[name]
+        ours, theirs = frame.attrs.get("data"), base.attrs.get("data")
+        if ours is not None and theirs is not None and ours != theirs:
+            differ = ", ".join(f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+                               if ours.get(k) != theirs.get(k))
+            raise DataError(f"{name} ({frame.attrs.get('source')}) and {base_name} ({base.attrs.get('source')}) were "
+                            f"scored on different data ({differ}): their per-image NLLs do not pair")
         common = base.index.intersection(frame.index)
         if not base.loc[common, "label"].equals(frame.loc[common, "label"]):
             raise DataError(f"{name} and {base_name} were not scored on the same test images (their labels differ): "

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import pandas as pd
 
 from latentfit.core.config import EvaluateParams
+from latentfit.core.errors import DataError
 from latentfit.core.fits import BASELINE
 from latentfit.evaluation.anatomy_records import ClassGap
 from latentfit.evaluation.schema import (
@@ -25,42 +25,69 @@ from latentfit.evaluation.schema import (
 )
 
 
-def estimator_nll(images: pd.DataFrame, p: EvaluateParams) -> dict[str, np.ndarray]:
-    """Per test image, each estimator's NLL over the images it ran on (AIS, IWAE: the first ones)."""
-    test = images[images["split"] == "test"].sort_values("image")
+def estimator_nll(images: pd.DataFrame, p: EvaluateParams) -> pd.DataFrame:
+    """Per test image (the index), each estimator's NLL; NaN where it did not run (AIS, IWAE: the first images)."""
+    test = images[images["split"] == "test"].set_index("image").sort_index()
     columns = {"ais": "ais", "iwae": f"iwae_{p.iwae_samples}", "prior_mc": f"prior_mc_{p.prior_mc_samples}"}
-    return {est: test[column].dropna().to_numpy() for est, column in columns.items()}
+    return test[list(columns.values())].set_axis(list(columns), axis=1).assign(label=test["label"])
 
 
-def _by_class(fit: dict[str, np.ndarray], base: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, ClassGap]:
+def _paired(fit: pd.DataFrame, base: pd.DataFrame, estimator: str, first: int | None = None) -> pd.DataFrame:
+    """The images both fits scored by `estimator` (of the first `first` images), paired by image: a NaN in
+    either drops that image from both."""
+    both = pd.concat([fit[estimator], base[estimator]], axis=1, keys=["fit", "base"], join="inner").dropna()
+    return both if first is None else both[both.index < first]
+
+
+def _by_class(fit: pd.DataFrame, base: pd.DataFrame) -> dict[str, ClassGap]:
     out = {}
-    for c in sorted(set(labels[: len(fit["ais"])].tolist())):
-        a, i = labels[: len(fit["ais"])] == c, labels[: len(fit["iwae"])] == c
-        if a.sum() > 1 and i.sum() > 1:
-            out[str(c)] = ClassGap(interval(fit["ais"][a] - base["ais"][a]), interval(fit["iwae"][i] - base["iwae"][i]))
+    ais, iwae = _paired(fit, base, "ais"), _paired(fit, base, "iwae")
+    ais_labels, iwae_labels = base["label"].reindex(ais.index), base["label"].reindex(iwae.index)
+    for c in sorted(set(ais_labels.tolist())):
+        a, i = ais[ais_labels == c], iwae[iwae_labels == c]
+        if len(a) > 1 and len(i) > 1:
+            out[str(c)] = ClassGap(interval((a["fit"] - a["base"]).to_numpy()), interval((i["fit"] - i["base"]).to_numpy()))
     return out
 
 
-def pair(fit: dict[str, np.ndarray], base: dict[str, np.ndarray], labels: np.ndarray, n: int) -> Pair:
-    """One fit against the baseline: each estimator's paired gap on all its images and on the first n."""
-    gaps = Gaps(**{est: interval(fit[est] - base[est]) for est in ESTIMATORS})
-    rows = {}
+def pair(fit: pd.DataFrame, base: pd.DataFrame, n: int) -> Pair:
+    """One fit against the baseline, image by image: each estimator's paired gap on all the images both scored,
+    and on the first n (the AIS images, where every estimator ran)."""
+    gaps, rows = {}, {}
     for est in ESTIMATORS:
-        a, b = fit[est][:n], base[est][:n]
-        gap = interval(a - b)
-        rows[est] = EstimatorRow(fit=float(a.mean()), baseline=float(b.mean()), mean=gap.mean, se=gap.se, lo=gap.lo,
-                                 hi=gap.hi, images=gap.images)
-    return Pair(gaps, Verdict(**rows), _by_class(fit, base, labels))
+        both = _paired(fit, base, est)
+        gaps[est] = interval((both["fit"] - both["base"]).to_numpy())
+        first = _paired(fit, base, est, n)
+        gap = interval((first["fit"] - first["base"]).to_numpy())
+        rows[est] = EstimatorRow(fit=float(first["fit"].mean()), baseline=float(first["base"].mean()), mean=gap.mean,
+                                 se=gap.se, lo=gap.lo, hi=gap.hi, images=gap.images)
+    return Pair(Gaps(**gaps), Verdict(**rows), _by_class(fit, base))
+
+
+def same_data(scores: Mapping[str, FitScores]) -> None:
+    """Refuse to compare fits scored on different data (another dataset, preprocessing or test split)."""
+    known = {name: s.data for name, s in scores.items() if s.data is not None}
+    if not known:
+        return
+    first, identity = next(iter(known.items()))
+    for name, other in known.items():
+        if other != identity:
+            raise DataError(f"{name} and {first} were scored on different data ({identity.differs(other)}): their "
+                            "numbers do not pair. Re-run `dvc repro` so that every fit is evaluated on the same data")
+    if len(known) < len(scores):
+        missing = sorted(set(scores) - set(known))
+        raise DataError(f"{', '.join(missing)} record no data identity (evaluated by an older release): re-run "
+                        f"`dvc repro -f {' '.join(f'evaluate@{m}' for m in missing)}`")
 
 
 def compare(scores: Mapping[str, FitScores], images: Mapping[str, pd.DataFrame], reference: Reference,
             p: EvaluateParams, baseline: str = BASELINE) -> Details:
-    """Every fit's numbers and each fit's pair with the baseline (the first fit when the baseline is absent)."""
+    """Every fit's numbers and each fit's pair with the baseline (the first fit when the baseline is absent),
+    after checking that every fit scored the same data."""
+    same_data(scores)
     baseline = baseline if baseline in scores else next(iter(scores))
     nll = {name: estimator_nll(frame, p) for name, frame in images.items()}
-    test = images[baseline][images[baseline]["split"] == "test"].sort_values("image")
-    labels = test["label"].to_numpy()
-    pairs = {name: pair(nll[name], nll[baseline], labels, p.ais_images) for name in scores if name != baseline}
+    pairs = {name: pair(nll[name], nll[baseline], p.ais_images) for name in scores if name != baseline}
     return Details(baseline=baseline, fits=dict(scores), reference=reference, pairs=pairs)
 
 

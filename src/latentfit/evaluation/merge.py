@@ -33,11 +33,13 @@ def _part(root: Path, fit: str, block: str) -> dict:
     return json.loads(path.read_text())
 
 
-def merge(root: Path, fit: str, model_md5: str) -> Merged:
-    """The fit's blocks under `root` (evaluation/), as one FitScores and its tables; images are joined by
-    split, index and label, so a block's rows pair with the others' by image, never by position."""
+def merge(root: Path, fit: str, model_md5: str, data: dict | None = None) -> Merged:
+    """The fit's blocks under `root` (evaluation/), as one FitScores (with `data`, the identity of the data it
+    scored) and its tables; images are joined by split, index and label, so a block's rows pair with the
+    others' by image, never by position."""
     parts = {block: _part(root, fit, block) for block in BLOCKS}
-    scores: dict = {"fit": fit, "model_md5": model_md5, "seconds": sum(p["seconds"] for p in parts.values())}
+    scores: dict = {"fit": fit, "model_md5": model_md5, "seconds": sum(p["seconds"] for p in parts.values()),
+                    "data": data}
     for part in parts.values():
         scores |= part["scores"]
     ran_on = parts["likelihood"]["ran_on"]

@@ -98,6 +98,26 @@ class RanOn:
 
 
 @dataclass(frozen=True)
+class DataIdentity:
+    """The data a fit was scored on (the preprocess stage's data/prepared/identity.json): results pair only when
+    every field is equal, the SHA-256 of the test split's pixels and labels above all."""
+
+    dataset: str
+    binarize: str
+    train_limit: int
+    test_limit: int
+    train_images: int
+    test_images: int
+    train_sha256: str
+    test_sha256: str
+
+    def differs(self, other: DataIdentity) -> str:
+        """What two identities disagree on (empty when they are the same data)."""
+        return ", ".join(f"{k} {getattr(self, k)!r} vs {getattr(other, k)!r}" for k in self.__dataclass_fields__
+                         if getattr(self, k) != getattr(other, k))
+
+
+@dataclass(frozen=True)
 class FitScores:
     """Every number of one fit's evaluate stage: metrics/<fit>/scores.json."""
 
@@ -113,6 +133,7 @@ class FitScores:
     anatomy: DecoderAnatomy | None = None  # off with evaluate.anatomy: false
     mixture: Mixture | None = None  # a fit that kept its M training draws
     ran_on: RanOn | None = None
+    data: DataIdentity | None = None  # what it scored (None: written before data identities were recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -325,6 +346,8 @@ def _build(cls: type[T], data: Mapping[str, Any]) -> T:
 
 
 def _value(hint: Any, value: Any) -> Any:
+    if value is None:  # an optional record left out
+        return None
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`: the value is an X
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if dataclasses.is_dataclass(hint):

@@ -24,7 +24,8 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     epochs: Callable[[int], Iterator[dict]]  # from the epochs already done (a resumed checkpoint's)
     line: Callable[[dict], str]  # the notebook-style line of an epoch
-    objective: Callable[[dict], dict[str, float]]  # the final record's objective, by a name that says which
+    objective: Callable[[dict], dict[str, float]]  # the final record's objectives, by names that say which
+    terms: Callable[[dict], dict[str, float]]  # every term of the final record, for MLflow (`neg_iwae_k8`)
     model_file: Callable[[torch.device], dict[str, Any]]
     register: Callable[[str], None]  # log and register the servable models, given the model file's path
     log_data: Callable[[str], None] = log_training_data
@@ -34,7 +35,7 @@ def train_vae(fit: str, p: VaeFitParams, m: ModelParams, x: torch.Tensor, genera
               dynamic: bool) -> Trainer:
     model = VAE(m.z_dim, m.hidden).to(x.device)
     optimizer = make_optimizer(model, p.lr)
-    bound = f"neg_iwae_k{p.iwae_k}"
+    bound = f"{fit}_iwae_k{p.iwae_k}"  # the -IWAE(k) bound's column: `train.vae_iwae_k8`
 
     def epochs(done: int) -> Iterator[dict]:
         return fit_vae(model, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, generator=generator,
@@ -45,10 +46,14 @@ def train_vae(fit: str, p: VaeFitParams, m: ModelParams, x: torch.Tensor, genera
         iwae = f"  -IWAE({p.iwae_k})={r['neg_iwae']:.2f}" if "neg_iwae" in r else ""
         return f"{fit} epoch {r['epoch']:2d}  rec={r['rec']:.2f}  kl={r['kl']:.2f}  -ELBO={r['neg_elbo']:.2f}{iwae}"
 
-    def objective(r: dict) -> dict[str, float]:  # the -ELBO, and the -IWAE bound it trained when k > 1
-        return {"neg_elbo": r["neg_elbo"]} | ({bound: r["neg_iwae"]} if "neg_iwae" in r else {})
+    def objective(r: dict) -> dict[str, float]:  # `train.<fit>` is its -ELBO, always; the -IWAE bound when k > 1
+        return {fit: r["neg_elbo"]} | ({bound: r["neg_iwae"]} if "neg_iwae" in r else {})
 
-    return Trainer(model, optimizer, epochs, line, objective,
+    def terms(r: dict) -> dict[str, float]:
+        return {k: r[k] for k in ("rec", "kl", "neg_elbo")} | ({f"neg_iwae_k{p.iwae_k}": r["neg_iwae"]}
+                                                               if "neg_iwae" in r else {})
+
+    return Trainer(model, optimizer, epochs, line, objective, terms,
                    lambda device: model_file(model, trained_on=device.type),
                    lambda path: log_vae(model, x, path, fit))
 
@@ -59,7 +64,6 @@ def train_direct(fit: str, p: DirectFitParams, m: ModelParams, x: torch.Tensor, 
     optimizer = make_optimizer(decoder, p.lr)
     # drawn first from the seed, so a resumed checkpoint's generator state follows the same draws
     draws = torch.randn(p.mc_samples, m.z_dim, generator=generator, device=x.device) if p.fixed_samples else None
-    objective = f"mc_nll_m{p.mc_samples}"
 
     def epochs(done: int) -> Iterator[dict]:
         return fit_direct(decoder, optimizer, x, epochs=p.epochs, batch_size=p.batch_size, mc_samples=p.mc_samples,
@@ -69,6 +73,7 @@ def train_direct(fit: str, p: DirectFitParams, m: ModelParams, x: torch.Tensor, 
     # The training draws are kept: evaluation reports the NLL under exactly these draws.
     return Trainer(decoder, optimizer, epochs,
                    lambda r: f"{fit} epoch {r['epoch']:2d}  MC marginal NLL={r['nll']:.2f}",
-                   lambda r: {objective: r["nll"]},
+                   lambda r: {fit: r["nll"]},  # `train.<fit>`: the MC NLL with its M draws
+                   lambda r: {"nll": r["nll"]},
                    lambda device: model_file(decoder, train_draws=draws, trained_on=device.type),
                    partial(log_direct, decoder, fit=fit))
