@@ -13,7 +13,7 @@ from latentfit.core.io import load_split, save_torch, write_json
 from latentfit.core.runtime import fit_argument, pick_device, seeded_generator, stage_main, where
 from latentfit.core.tracking import stage_run
 from latentfit.fitting.checkpoint import Checkpoint, run_epochs
-from latentfit.fitting.train import train_direct, train_vae
+from latentfit.fitting.train import check_memory, free_memory, train_direct, train_vae
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("data.dataset", "model", "fits.${key}", "device")
@@ -27,6 +27,7 @@ def main() -> None:
     fit, stage = fit_argument("train", full.fits)
     params = full.reading(tuple(r.replace("${key}", fit) for r in READS), stage)
     p, flat, device = params.fits[fit], to_flat_dict(params), pick_device(params.device)
+    check_memory(fit, p, params.model, free_memory(device))  # before anything is loaded or trained
     model_path, history_csv = f"models/{fit}.pt", f"plots/train/{fit}.csv"
     generator = seeded_generator(p.seed, device)
     train = load_split("data/prepared/train.pt")

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from latentfit.core.config import load_params
 from latentfit.core.errors import Interrupted, LatentfitError, raise_interrupted
@@ -60,8 +61,13 @@ def serve(repo: Path, host: str, port: int) -> int:
         print(f"runs of this project: {url}", flush=True)
         return 0
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    import psutil
+
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
     server = subprocess.Popen(command, cwd=repo)
+    # psutil's handle on the server, taken while it runs: it knows the process by its start time too, so it
+    # never signals a pid the system reused once the server was reaped, and it still finds the workers
+    tree = [psutil.Process(server.pid)]
     try:
         print(f"starting the MLflow UI on {uri} (it can take a minute) ...", flush=True)
         if not _answers(f"http://{host}:{port}/health", server):
@@ -69,15 +75,26 @@ def serve(repo: Path, host: str, port: int) -> int:
             raise LatentfitError(f"mlflow ui exited with {code} before answering on {host}:{port}: is the port "
                                  "taken? try --port" if code is not None else
                                  f"mlflow ui did not answer on {host}:{port} within {READY_TIMEOUT:.0f} s")
+        tree += _children(tree[0])  # the workers, collected before anything waits on the server
         print(f"runs of this project: {url}  (Ctrl-C stops the server)", flush=True)
         return server.wait()
-    except (KeyboardInterrupt, Interrupted):
-        return 0
+    except (KeyboardInterrupt, Interrupted) as err:  # exit as the stages do: 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + (err.signum if isinstance(err, Interrupted) else int(signal.SIGINT))
     finally:
-        stopped = stop_tree(server.pid)
+        stopped = stop_tree(tree + _children(tree[0]))
         signal.signal(signal.SIGTERM, previous)
         if stopped:
             print(f"stopped the MLflow UI and its {stopped - 1} worker(s); port {port} is free", flush=True)
+
+
+def _children(process: Any) -> list[Any]:
+    """A live process's descendants (none once it is gone)."""
+    import psutil
+
+    try:
+        return process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _answers(url: str, server: subprocess.Popen) -> bool:
@@ -92,16 +109,13 @@ def _answers(url: str, server: subprocess.Popen) -> bool:
     return False
 
 
-def stop_tree(pid: int, timeout: float = 15.0) -> int:
-    """Terminate the process `pid` and all its descendants (uvicorn's workers), then kill what is left after
-    `timeout` seconds; psutil finds them on every system. Returns how many were running."""
+def stop_tree(procs: list[Any], timeout: float = 15.0) -> int:
+    """Terminate the processes (psutil.Process handles: a server and its workers), then kill what is left after
+    `timeout` seconds. Only processes still running are signalled: a handle whose process ended, or whose pid
+    another process now holds, is skipped. Returns how many were running."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return 0
+    procs = list({p.pid: p for p in procs if p.is_running()}.values())
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()

@@ -287,7 +287,7 @@ def test_latentfit_ui_opens_on_the_pipelines_runs_in_a_real_browser(base, tmp_pa
                               capture_output=True, text=True, timeout=180, check=False).stdout
         ui.send_signal(signal.SIGTERM)
         out, _ = ui.communicate(timeout=60)
-        assert ui.returncode == 0 and f"port {port} is free" in out, out
+        assert ui.returncode == 143 and f"port {port} is free" in out, out  # SIGTERM: 128 + 15, as the stages
         assert workers and not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, "something still listens on the UI's port"

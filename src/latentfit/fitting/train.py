@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from latentfit.core.config import DirectFitParams, ModelParams, VaeFitParams
+from latentfit.core.errors import ParamsError
 from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
 from latentfit.model.files import model_file
 from latentfit.model.networks import VAE, Decoder
@@ -77,3 +78,36 @@ def train_direct(fit: str, p: DirectFitParams, m: ModelParams, x: torch.Tensor, 
                    lambda r: {"nll": r["nll"]},
                    lambda device: model_file(decoder, train_draws=draws, trained_on=device.type),
                    partial(log_direct, decoder, fit=fit))
+
+
+FLOAT = 4  # bytes
+
+
+def batch_bytes(p: VaeFitParams | DirectFitParams, m: ModelParams, pixels: int = 784) -> tuple[str, int, int]:
+    """The param that scales a training step's memory, its value, and the bytes one step keeps for its backward
+    pass (an estimate: the k or M decoded images' logits and their loss's intermediates, the hidden layer)."""
+    if isinstance(p, VaeFitParams):  # k draws per image: k x batch rows through the decoder
+        return "iwae_k", p.iwae_k, FLOAT * p.batch_size * (4 * pixels + 3 * m.hidden + 4 * m.z_dim)
+    # M prior draws shared by the batch: M decoded images, and a batch x M matrix of log-likelihoods
+    return "mc_samples", p.mc_samples, FLOAT * (4 * pixels + 3 * m.hidden + 3 * p.batch_size)
+
+
+def check_memory(fit: str, p: VaeFitParams | DirectFitParams, m: ModelParams, available: int) -> None:
+    """Refuse, before any training, a sample count whose step would not fit in half the `available` bytes,
+    naming the param and the largest value that fits (rather than dying by the OOM killer without a word)."""
+    key, value, per_sample = batch_bytes(p, m)
+    need, budget = value * per_sample, available // 2
+    if need > budget:
+        fits = max(1, budget // per_sample)
+        raise ParamsError(f"fits.{fit}.{key} = {value} needs about {need / 2**30:.1f} GiB per training step, over half "
+                          f"of the {available / 2**30:.1f} GiB free: set fits.{fit}.{key} to {fits} or less (or lower "
+                          f"fits.{fit}.batch_size)")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on the device: the GPU's own memory, else the host's."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
