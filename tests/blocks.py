@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latentfit.core.config import Params
+from latentfit.core.config import THREADS_ENV, Params
 from latentfit.evaluation.blocks import Block, part_dir, write_part
 from latentfit.evaluation.merge import merge
 from latentfit.evaluation.schema import FitScores
@@ -48,12 +48,20 @@ class Run:
 
 @contextlib.contextmanager
 def inside(path: Path) -> Iterator[None]:
-    before = os.getcwd()
+    """In `path`, with a fixed thread count: the blocks resize torch's threads to their share of the cores, which
+    other processes on the machine (another suite's stages) would change between two evaluations compared bit
+    for bit."""
+    before, threads = os.getcwd(), os.environ.get(THREADS_ENV)
     os.chdir(path)
+    os.environ[THREADS_ENV] = "2"
     try:
         yield
     finally:
         os.chdir(before)
+        if threads is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = threads
 
 
 @dataclass

@@ -30,8 +30,8 @@ def workdir(tmp_path: Path, name: str, **train_vae) -> Path:
     x = torch.from_numpy(images).reshape(len(images), -1).float() / 255
     save_split(path / "data/prepared/train.pt", {"x": x, "y": torch.from_numpy(labels).long()})
     # small batches: epochs of ~0.5 s leave a wide window to interrupt training itself
-    params = {"train_vae": {"epochs": EPOCHS, "batch_size": 8, **train_vae}, "model": {"hidden": 64},
-              "device": "cpu"}
+    params = {"fits": {"vae": {"kind": "vae", "epochs": EPOCHS, "batch_size": 8, **train_vae}},
+              "model": {"hidden": 64}, "device": "cpu"}
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     return path
 
@@ -43,7 +43,7 @@ def stage(path: Path) -> subprocess.Popen:
     # the default on exec: handle it here while the stage starts.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen([sys.executable, "stages/train_vae.py"], cwd=path, env=env,
+        return subprocess.Popen([sys.executable, "stages/train.py", "vae"], cwd=path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -56,7 +56,7 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 def completed_epochs(path: Path) -> int:
-    ckpt = path / "checkpoints/train_vae.pt"
+    ckpt = path / "checkpoints/vae.pt"
     try:
         return len(torch.load(ckpt, weights_only=False)["history"]) if ckpt.exists() else 0
     except Exception:  # noqa: BLE001 - read while being replaced: try again
@@ -64,7 +64,7 @@ def completed_epochs(path: Path) -> int:
 
 
 def final_numbers(path: Path) -> dict:
-    metrics = json.loads((path / "metrics/train_vae.json").read_text())
+    metrics = json.loads((path / "metrics/train/vae.json").read_text())
     return {k: v for k, v in metrics.items() if k != "seconds_per_epoch"}
 
 
@@ -92,17 +92,17 @@ def test_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, sig, uninterrup
         assert proc.returncode == 128 + sig, out
         assert "Traceback" not in out, out
         last = out.strip().splitlines()[-1]
-        assert last.startswith(f"train_vae: interrupted by {signal.Signals(sig).name} after epoch "), out
-        assert last.endswith(f"of {EPOCHS}; `dvc repro` resumes from checkpoints/train_vae.pt"), out
-    assert not (victim / "metrics/train_vae.json").exists() and not (victim / "models/vae.pt").exists()
+        assert last.startswith(f"train@vae: interrupted by {signal.Signals(sig).name} after epoch "), out
+        assert last.endswith(f"of {EPOCHS}; `dvc repro` resumes from checkpoints/vae.pt"), out
+    assert not (victim / "metrics/train/vae.json").exists() and not (victim / "models/vae.pt").exists()
     # a write cut short leaves at most a hidden temporary file, never a final name
     assert all(p.name.startswith(".") for p in victim.rglob("*.tmp"))
 
     out = finish(stage(victim))
     assert "resuming after epoch" in out
     assert final_numbers(victim) == uninterrupted
-    assert len((victim / "plots/train_vae.csv").read_text().splitlines()) == EPOCHS + 1
-    assert not (victim / "checkpoints/train_vae.pt").exists()
+    assert len((victim / "plots/train/vae.csv").read_text().splitlines()) == EPOCHS + 1
+    assert not (victim / "checkpoints/vae.pt").exists()
 
 
 def test_changed_params_discard_the_checkpoint(tmp_path):
@@ -113,7 +113,7 @@ def test_changed_params_discard_the_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     params = yaml.safe_load((path / "params.yaml").read_text())
-    params["train_vae"]["lr"] = 0.002
+    params["fits"]["vae"]["lr"] = 0.002
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     out = finish(stage(path))
     assert "discarding checkpoint" in out and "other params" in out and "resuming" not in out
@@ -127,11 +127,11 @@ def _no_dvc_env(monkeypatch):
 
 def test_bad_params_stop_the_stage_before_any_work(tmp_path):
     path = workdir(tmp_path, "typo")
-    (path / "params.yaml").write_text(yaml.safe_dump({"train_vae": {"epoch": 3}}))
+    (path / "params.yaml").write_text(yaml.safe_dump({"fits": {"vae": {"kind": "vae", "epoch": 3}}}))
     proc = stage(path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1
-    assert "train_vae: error: unknown key 'train_vae.epoch'" in out and "Did you mean 'train_vae.epochs'" in out
+    assert "train@vae: error: unknown key 'fits.vae.epoch'" in out and "Did you mean 'fits.vae.epochs'" in out
     assert "Traceback" not in out
     assert not (path / "checkpoints").exists() and not (path / "models").exists()
 
@@ -143,6 +143,6 @@ def test_divergence_stops_the_stage_and_writes_nothing_as_if_complete(tmp_path):
     save_split(path / "data/prepared/train.pt", split)
     proc = stage(path)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and "in epoch 1" in out and "lower train_vae.lr" in out
-    for output in ("models/vae.pt", "metrics/train_vae.json", "plots/train_vae.csv"):
+    assert proc.returncode == 1 and "in epoch 1" in out and "lower fits.vae.lr" in out
+    for output in ("models/vae.pt", "metrics/train/vae.json", "plots/train/vae.csv"):
         assert not (path / output).exists()
