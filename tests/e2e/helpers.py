@@ -70,7 +70,10 @@ class Repo:
     def set_params(self, **sections) -> None:
         params = yaml.safe_load((self.path / "params.yaml").read_text())
         for section, values in sections.items():
-            if isinstance(values, dict):
+            if section == "fits":  # each fit's entry updated key by key: the keys not given keep params.yaml's
+                for fit, keys in values.items():
+                    params["fits"].setdefault(fit, {}).update(keys)
+            elif isinstance(values, dict):
                 params[section].update(values)
             else:
                 params[section] = values
