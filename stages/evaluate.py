@@ -1,6 +1,8 @@
 """Stage `evaluate@<fit>`: the fit's results, merged from its evaluation blocks (likelihood, anatomy,
 structure) into metrics/fits/<fit>/: scores.json (every number), images.csv (one row per image), and its
-curves. Runs no model, reads no param: `dvc repro evaluate` runs every fit's blocks and this."""
+curves; and the fit's whole evaluation as one MLflow run (its numbers, its post-hoc encoder's epochs, each
+block's seconds, where it ran). Runs no model, reads no param: `dvc repro evaluate` runs every fit's blocks
+and this."""
 
 import json
 import sys
@@ -29,13 +31,19 @@ def main() -> None:
     if not IDENTITY.is_file():
         raise DataError(f"{IDENTITY} is missing: run `dvc repro preprocess` (it records what the data are)")
     merged = merge(EVALUATION, fit, file_md5(f"models/{fit}.pt"), json.loads(IDENTITY.read_text()))
-    with stage_run(stage, to_flat_dict(params), params.tracking.experiment, params.tracking.required) as run:
+    ran_on = merged.scores.ran_on
+    where = {k: v for k, v in vars(ran_on).items() if k != "trained_on"} if ran_on else {}
+    with stage_run(stage, to_flat_dict(params), params.tracking.experiment, params.tracking.required,
+                   tags=where) as run:
         with atomic_dir(RESULTS / fit) as tmp:  # the fit's results appear together, or not at all
             write_table(tmp / "images.csv", merged.images)
             write_table(tmp / "estimators.csv", merged.estimators)
             write_table(tmp / "rate_distortion.csv", merged.rate_distortion)
             write_json(tmp / "scores.json", merged.scores.to_dict())
+        for record in merged.epochs:
+            run.log_epoch({k: v for k, v in record.items() if k != "prefix"}, record["prefix"])
         run.log_metrics(merged.scores.to_dict())
+        run.log_metrics({f"seconds.{block}": value for block, value in merged.seconds.items()})
     t = merged.scores.test
     print(f"{fit}: AIS NLL {t.ais_nll:.2f} ± {t.ais_nll_se:.2f}, IWAE NLL {t.iwae_nll:.2f}, prior-sampling NLL "
           f"{t.prior_mc_nll:.2f} -> {RESULTS / fit}/")

@@ -26,7 +26,7 @@ READS = ("evaluate.seed", "evaluate.encoder_epochs", "evaluate.encoder_batch_siz
 def compute(b: Block) -> Part:
     p, x = b.params.evaluate, b.test["x"]
     posthoc = fit_posthoc_encoder(b.fit.decoder, b.train["x"], b.fit.hidden, p, b.own("posthoc_encoder"),
-                                  lambda record: b.run.log_epoch(record, "posthoc."))
+                                  lambda record: b.log_epoch(record, "posthoc."))
     lik = likelihoods(b.fit, x, p, posthoc, b.own, b.shared)
     scores, check, columns = test_scores(b.fit, lik, x, p, b.own)
     curve = estimator_curve(b.fit, x[: p.ais_curve_images], lik, p, b.own("ais_curve"))

@@ -36,16 +36,6 @@ STAGES = {block: stage_module(block) for block in BLOCKS}
 COMPUTE = {block: module.compute for block, module in STAGES.items()}
 
 
-class Run:
-    """What a block logs to its MLflow run, kept in a list."""
-
-    def __init__(self, logged: list[str] | None = None):
-        self.logged = logged if logged is not None else []
-
-    def log_epoch(self, record: dict, prefix: str = "") -> None:
-        self.logged.append(prefix)
-
-
 @contextlib.contextmanager
 def inside(path: Path) -> Iterator[None]:
     """In `path`, with a fixed thread count: the blocks resize torch's threads to their share of the cores, which
@@ -79,12 +69,14 @@ def evaluate_fit(fit: FitModel, train: dict, test: dict, params: Params, workdir
     workdir.mkdir(parents=True, exist_ok=True)
     STAGES["structure"].load_classifier = lambda path, device: (classifier, reference)  # the reference stage's
     with inside(workdir):
-        block = Block(fit.name, fit, train, test, params, Run(logged))  # type: ignore[arg-type]
+        block = Block(fit.name, fit, train, test, params)
         for name in BLOCKS:
-            start = time.perf_counter()
+            start, block.epochs = time.perf_counter(), []
             write_part(part_dir(fit.name, name), COMPUTE[name](block), time.perf_counter() - start,
-                       {"device": "cpu", "device_name": "cpu", "torch": "test"})
+                       {"device": "cpu", "device_name": "cpu", "torch": "test"}, block.epochs)
         merged = merge(Path("evaluation"), fit.name, "md5")
+        if logged is not None:
+            logged.extend(record["prefix"] for record in merged.epochs)
         with np.load(part_dir(fit.name, "figure_data") / "figures.npz") as arrays:
             figure_arrays = dict(arrays)
         return Evaluated(merged.scores, merged.images, merged.estimators.to_dict("records"),

@@ -5,7 +5,10 @@ merges the parts into the fit's results (evaluation/merge.py), so a t-SNE tweak 
 anatomy param re-runs the anatomy, and no likelihood is computed again for either.
 
 Every block draws from its own streams, derived from `evaluate.seed`, the fit's name and the stream's
-name (runtime.stream), the same names as when the blocks ran in one process: splitting moved no number."""
+name (runtime.stream), the same names as when the blocks ran in one process: splitting moved no number.
+A block opens no MLflow run of its own: its numbers, per-epoch records and timing go into its part, and
+`evaluate@<fit>` logs the fit's whole evaluation as one run (a block starts without importing MLflow,
+bench/results-stage-start-cpu.md)."""
 
 from __future__ import annotations
 
@@ -19,11 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from latentfit.core.config import Params, load_params, to_flat_dict
+from latentfit.core.config import Params, load_params
 from latentfit.core.errors import DataError
 from latentfit.core.io import atomic_dir, load_split, write_json, write_table
 from latentfit.core.runtime import fit_argument, pick_device, seeded_generator, share_cpus, stage_main, stream, where
-from latentfit.core.tracking import StageRun, stage_run
 from latentfit.model.files import FitModel, load_fit
 from latentfit.model.networks import VAE
 
@@ -45,7 +47,10 @@ class Block:
     train: dict[str, torch.Tensor]
     test: dict[str, torch.Tensor]
     params: Params  # the view of the params this block declared (READS)
-    run: StageRun
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch records, logged by evaluate@<fit>
+
+    def log_epoch(self, record: dict[str, Any], prefix: str = "") -> None:
+        self.epochs.append({"prefix": prefix, **record})
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +118,8 @@ def per_image(columns: dict[str, torch.Tensor], labels: torch.Tensor, split: str
     return frame
 
 
-def write_part(out: Path, part: Part, seconds: float, ran_on: dict[str, str]) -> None:
+def write_part(out: Path, part: Part, seconds: float, ran_on: dict[str, str],
+               epochs: list[dict[str, Any]] | None = None) -> None:
     """The block's files, all at once (a directory renamed into place)."""
     with atomic_dir(out) as tmp:
         for name, rows in part.tables.items():
@@ -122,11 +128,12 @@ def write_part(out: Path, part: Part, seconds: float, ran_on: dict[str, str]) ->
             torch.save(tensors, tmp / f"{name}.pt")
         if part.arrays is not None:
             np.savez_compressed(tmp / "figures.npz", **part.arrays)  # type: ignore[arg-type]  # numpy's stubs
-        write_json(tmp / "part.json", {"scores": part.scores, "seconds": seconds, "ran_on": ran_on})
+        write_json(tmp / "part.json", {"scores": part.scores, "seconds": seconds, "ran_on": ran_on,
+                                       "epochs": epochs or []})
 
 
 def block_stage(block: str, reads: tuple[str, ...], compute: Callable[[Block], Part]) -> Callable[[], None]:
-    """The main() of stage `<block>@<fit>`: params, data and model in, `compute`, the part out, one MLflow run."""
+    """The main() of stage `<block>@<fit>`: params, data and model in, `compute`, the part out."""
 
     @stage_main(block)
     def main() -> None:
@@ -136,14 +143,12 @@ def block_stage(block: str, reads: tuple[str, ...], compute: Callable[[Block], P
         device = pick_device(params.device)
         train, test = load_data(device)
         fit = load_fit(name, Path(f"models/{name}.pt"), device)
-        with stage_run(stage, to_flat_dict(params), params.tracking.experiment, params.tracking.required,
-                       tags=where(device)) as run:
-            start = time.perf_counter()
-            part = compute(Block(name, fit, train, test, params, run))
-            share_cpus()
-            write_part(part_dir(name, block), part, time.perf_counter() - start, where(device) | {
-                "trained_on": fit.trained_on})
-            run.log_metrics(part.scores)
+        start = time.perf_counter()
+        work = Block(name, fit, train, test, params)
+        part = compute(work)
+        share_cpus()
+        write_part(part_dir(name, block), part, time.perf_counter() - start,
+                   where(device) | {"trained_on": fit.trained_on}, work.epochs)
         print(f"{stage}: {time.perf_counter() - start:.1f} s -> {part_dir(name, block)}/")
 
     return main

@@ -24,6 +24,8 @@ class Merged:
     images: pd.DataFrame
     estimators: pd.DataFrame
     rate_distortion: pd.DataFrame
+    epochs: list[dict]  # the blocks' per-epoch records (the post-hoc encoder's), each with its MLflow prefix
+    seconds: dict[str, float]  # each block's
 
 
 def _part(root: Path, fit: str, block: str) -> dict:
@@ -52,4 +54,6 @@ def merge(root: Path, fit: str, model_md5: str, data: dict | None = None) -> Mer
         images = images.set_index(KEYS).combine_first(anatomy.set_index(KEYS)).reset_index()[columns]
     images = images.sort_values(["split", "image"], ascending=[False, True], ignore_index=True)  # test first
     return Merged(FitScores.from_dict(scores), images, pd.read_csv(root / fit / "likelihood" / "estimators.csv"),
-                  pd.read_csv(root / fit / "anatomy" / "rate_distortion.csv"))
+                  pd.read_csv(root / fit / "anatomy" / "rate_distortion.csv"),
+                  [e for part in parts.values() for e in part.get("epochs", [])],
+                  {block: part["seconds"] for block, part in parts.items()})
