@@ -53,6 +53,7 @@ def test_lists_become_tuples_and_ints_widen_to_float():
         ({"fits": {"v2": {"epochs": 3}}}, ["fits.v2.kind = None", "vae, direct"]),
         ({"fits": {"IWAE-8": {"kind": "vae"}}}, ["fits.IWAE-8", "lower-case letters"]),
         ({"fits": {}}, ["fits must map each fit's name"]),
+        ({"fits": {"gap": {"kind": "vae"}}}, ["fits.gap", "may not start with 'gap'"]),
         ({"fitz": {}}, ["fitz", "Did you mean 'fits'"]),
         ({"evaluate": {"flip_probs": [0.1, 2]}}, ["evaluate.flip_probs[1]", "<= 1"]),
         ({"data": {"mirrors": "/just/a/string"}}, ["data.mirrors", "list"]),

@@ -72,6 +72,7 @@ INTENDED = {
     "evaluation/__init__.py": {"reference", "evaluate", "visualize"} | BLOCKS,
     "evaluation/reference.py": {"reference"} | SCORED,  # the data's own numbers; the Frechet distance
     "evaluation/schema.py": {"reference", "evaluate", "visualize"} | SCORED,
+    "evaluation/metrics.py": {"reference", "evaluate", "visualize"} | SCORED,  # the registry the schema reads
     "evaluation/anatomy_records.py": {"reference", "evaluate", "visualize"} | SCORED,
     "evaluation/blocks.py": BLOCKS, "evaluation/likelihoods.py": {"likelihood", "anatomy"},
     "evaluation/anatomy.py": {"anatomy"}, "evaluation/structure.py": {"structure"},

@@ -326,10 +326,10 @@ def test_a_new_figure_is_its_function_and_one_registry_line(evaluated, monkeypat
 
 def test_a_new_metric_is_its_computation_and_one_registry_line(evaluated, monkeypatch):
     """Registered once: in the headline (a `dvc exp show` column), the report's table and the sweep's summary."""
-    from latentfit.evaluation import schema
+    from latentfit.evaluation import metrics, schema
 
     d = comparison(evaluated)
-    width = schema.Metric("bdmc_gap", "BDMC gap ({p.ais_steps} distributions)", lambda f: f.bdmc.gap,
+    width = metrics.Metric("bdmc_gap", "BDMC gap ({p.ais_steps} distributions)", lambda f: f.bdmc.gap,
                           "how loose AIS is at this schedule", headline=lambda f: True)
     monkeypatch.setattr(schema, "METRICS", [*schema.METRICS, width])
     monkeypatch.setattr("latentfit.visualize.report.METRICS", schema.METRICS)

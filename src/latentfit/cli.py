@@ -2,7 +2,7 @@
 seed statistics, and paired gaps between fits of different runs.
 
     latentfit ui [--port 5000] [--print-url]
-    latentfit compare VAE=metrics/vae@main IWAE-64=metrics/vae@iwae64 direct=metrics/direct
+    latentfit compare VAE=metrics/fits/vae@main IWAE-64=metrics/fits/vae@iwae64 direct=metrics/fits/direct
     latentfit sweep -S model.z_dim=2,5,20 -S fits.direct.mc_samples=16,64,256 --seeds 0-4 --name zgrid
     latentfit sweep summary zgrid
 """
@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="paired gaps between fits of different runs, from their per-image results",
         description="Each fit against the first, per estimator (AIS, IWAE, prior sampling), paired over the test "
-                    "images both scored: from each fit's metrics/<fit>/images.csv, so nothing is evaluated again; "
+                    "images both scored: from each fit's metrics/fits/<fit>/images.csv, so nothing is evaluated again; "
                     "DIR@REV reads it as a commit, branch, tag or experiment (`dvc exp show`) has it.")
-    compare.add_argument("fits", nargs="+", metavar="NAME=DIR", help="a name for the fit and its metrics/<fit>/ "
+    compare.add_argument("fits", nargs="+", metavar="NAME=DIR", help="a name for the fit and its metrics/fits/<fit>/ "
                                                                      "directory (or images.csv), @REV for another "
                                                                      "revision's; the first is the baseline")
     compare.add_argument("--csv", help="also write the table as CSV here")
@@ -88,8 +88,8 @@ def _compare(args: argparse.Namespace) -> int:
         name, sep, where = item.partition("=")
         path, at, rev = where.rpartition("@") if "@" in where and not Path(where).exists() else (where, "", "")
         if not sep or not name or not path or (at and not rev):
-            raise LatentfitError(f"{item!r} is not NAME=DIR or NAME=DIR@REV: name each fit, e.g. vae=metrics/vae "
-                                 "or iwae=metrics/vae@iwae64")
+            raise LatentfitError(f"{item!r} is not NAME=DIR or NAME=DIR@REV: name each fit, e.g. vae=metrics/fits/vae "
+                                 "or iwae=metrics/fits/vae@iwae64")
         named[name] = read_images(path, rev or None)
     gaps = paired_gaps(named)
     if args.csv:

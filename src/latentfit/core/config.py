@@ -1,9 +1,6 @@
-"""Typed, validated parameters: the only module that reads params.yaml.
-
-`load_params()` turns the YAML into frozen dataclasses once. Every value is checked
-(type, range, allowed choices, unknown keys) before any stage does work, and a bad value
-fails with its dotted key, the value and what is allowed.
-"""
+"""Typed, validated parameters: the only module that reads params.yaml. `load_params()` turns the YAML into
+frozen dataclasses once; every value is checked (type, range, allowed choices, unknown keys) before any stage
+does work, and a bad value fails with its dotted key, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -156,9 +153,8 @@ class Params:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     def reading(self, keys: tuple[str, ...], stage: str) -> Params:
-        """This view of the params lets `stage` read only `keys` (its `params` in dvc.yaml, which
-        `python -m latentfit.dag` checks against the script's READS): reading any other value fails at once,
-        so a stage can never depend on a param whose change DVC would not re-run it for."""
+        """A view that lets `stage` read only `keys` (its dvc.yaml params, checked against its READS by
+        `python -m latentfit.dag`): reading any other value fails at once."""
         return typing.cast(Params, _Reading(self, frozenset(keys), "", stage))
 
 
@@ -190,9 +186,6 @@ class _Reading:
                           f"stages/{script}.py and to the stage's params in dvc.yaml "
                           f"(`python -m latentfit.dag` checks both), or DVC would not re-run it when {key} changes")
 
-    def __repr__(self) -> str:
-        return f"<params {self._prefix or ''}readable by {self._stage}: {', '.join(sorted(self._keys))}>"
-
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
@@ -209,9 +202,8 @@ THREADS_ENV = "LATENTFIT_THREADS"
 
 
 def thread_override() -> int | None:
-    """The CPU threads a stage must use: LATENTFIT_THREADS, else OMP_NUM_THREADS (which Ray sets to a
-    task's CPUs); None when neither is set: the stage takes its share of the machine. Not a param: the
-    thread count is how a result is computed, not what (DVC re-runs nothing for it)."""
+    """The CPU threads a stage must use: LATENTFIT_THREADS, else OMP_NUM_THREADS (Ray sets it to a task's CPUs);
+    None: the stage takes its share. Not a param: how a result is computed, not what (nothing re-runs for it)."""
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         text = os.environ.get(name, "").strip()
         if not text:
@@ -279,6 +271,9 @@ def _build_fits(raw: Any, prefix: str) -> dict[str, FitParams]:
         if not isinstance(name, str) or not FIT_NAME.match(name):
             raise ParamsError(f"{where}.{name}: a fit's name is a stage key, a file name and a metric key: use "
                               "lower-case letters, digits and '_', starting with a letter (e.g. iwae8)")
+        if name.startswith("gap") or "_iwae_k" in name:  # `ais.gap_<fit>` and `train.<fit>_iwae_k<k>` are columns
+            raise ParamsError(f"{where}.{name}: a fit's name may not start with 'gap' or contain '_iwae_k' (the "
+                              "headline's gap columns and the IWAE bound's training column use them): rename it")
         kind = entry.get("kind") if isinstance(entry, dict) else None
         if kind not in KINDS:
             raise ParamsError(f"{where}.{name}.kind = {kind!r}: give every fit a kind, one of: {', '.join(KINDS)}")

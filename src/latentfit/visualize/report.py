@@ -10,7 +10,8 @@ from tabulate import tabulate
 from latentfit.core.config import EvaluateParams, Params
 from latentfit.core.fits import label
 from latentfit.evaluation.anatomy_records import InferenceGaps
-from latentfit.evaluation.schema import METRICS, Details, FitScores, Metric, fmt, verdict, walk
+from latentfit.evaluation.metrics import METRICS, Metric
+from latentfit.evaluation.schema import Details, FitScores, fmt, verdict, walk
 
 FIGURES = "../plots/figures"
 
