@@ -6,9 +6,10 @@ Each measurement is a fresh process in the checkout's root (the stage's own `src
 DVC runs it): `interpreter` is `python -c pass`; `imports` is executing the stage script without its
 main() (every module it imports: torch, pandas, scikit-learn, matplotlib, MLflow where it imports them);
 `tracking` is opening and closing the stage's MLflow run on a warm SQLite store (importing MLflow's store,
-the experiment, the parent run, the params); `optimizer` is the first torch.optim.Adam step (it imports
-torch._dynamo), paid by the stages that fit something. Best of --repeat; the totals weigh each script by
-the stage instances it runs for two fits (a `foreach` stage twice).
+the experiment, the parent run, the params), for a stage that opens one (an evaluation block does not);
+`optimizer` is the first torch.optim.Adam step (it imports torch._dynamo), paid by the stages that fit
+something. Best of --repeat; the totals weigh each script by the stage instances it runs for two fits (a
+`foreach` stage twice).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ spec = importlib.util.spec_from_file_location("stage_under_test", script)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)  # imports only: main() runs under __main__
 imported = time.perf_counter()
-from latentfit.core.config import load_params, to_flat_dict
-from latentfit.core.tracking import stage_run
-with stage_run("bench-stage-start", to_flat_dict(load_params()), "bench-stage-start"):
-    pass
+if sys.argv[3] == "tracks":
+    from latentfit.core.config import load_params, to_flat_dict
+    from latentfit.core.tracking import stage_run
+    with stage_run("bench-stage-start", to_flat_dict(load_params()), "bench-stage-start"):
+        pass
 tracked = time.perf_counter()
 optimizer = 0.0
 if sys.argv[2] == "fits":
@@ -72,8 +74,9 @@ def per_fit_stages(root: Path) -> set[str]:
 def measure(root: Path, script: Path, fits: bool, repeat: int, env: dict[str, str]) -> dict[str, float]:
     best: dict[str, float] = {}
     for _ in range(repeat):
-        done = subprocess.run([sys.executable, "-c", CHILD, str(script), "fits" if fits else "-"], cwd=root, env=env,
-                              capture_output=True, text=True, check=True)
+        tracks = "tracks" if "stage_run" in script.read_text() else "-"  # an evaluation block opens no run
+        done = subprocess.run([sys.executable, "-c", CHILD, str(script), "fits" if fits else "-", tracks], cwd=root,
+                              env=env, capture_output=True, text=True, check=True)
         times = json.loads(done.stdout.strip().splitlines()[-1])
         best = {k: min(v, best.get(k, v)) for k, v in times.items()}
     return best
