@@ -17,6 +17,7 @@ import pandas as pd
 
 from latentfit.core.errors import DataError
 from latentfit.core.stats import interval
+from latentfit.evaluation.schema import differences
 
 ESTIMATOR_COLUMNS = {"ais": re.compile(r"ais"), "iwae": re.compile(r"iwae_(\d+)"),
                      "prior_mc": re.compile(r"prior_mc_(\d+)")}
@@ -92,10 +93,8 @@ def paired_gaps(fits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         frame = fits[name]
         ours, theirs = frame.attrs.get("data"), base.attrs.get("data")
         if ours is not None and theirs is not None and ours != theirs:
-            differ = ", ".join(f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
-                               if ours.get(k) != theirs.get(k))
             raise DataError(f"{name} ({frame.attrs.get('source')}) and {base_name} ({base.attrs.get('source')}) were "
-                            f"scored on different data ({differ}): their per-image NLLs do not pair")
+                            f"scored on different data ({differences(theirs, ours)}): their per-image NLLs do not pair")
         common = base.index.intersection(frame.index)
         if not base.loc[common, "label"].equals(frame.loc[common, "label"]):
             raise DataError(f"{name} and {base_name} were not scored on the same test images (their labels differ): "

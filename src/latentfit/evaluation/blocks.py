@@ -48,6 +48,7 @@ class Block:
     test: dict[str, torch.Tensor]
     params: Params  # the view of the params this block declared (READS)
     epochs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch records, logged by evaluate@<fit>
+    _posthoc: VAE | None = field(default=None, repr=False)  # loaded once, whichever of encoder()/posthoc() asks
 
     def log_epoch(self, record: dict[str, Any], prefix: str = "") -> None:
         self.epochs.append({"prefix": prefix, **record})
@@ -69,7 +70,9 @@ class Block:
         return self.fit.encoder if self.fit.encoder is not None else self.posthoc()
 
     def posthoc(self) -> VAE:
-        return load_encoder(part_dir(self.name, "likelihood") / "encoder.pt", self.fit)
+        if self._posthoc is None:
+            self._posthoc = load_encoder(part_dir(self.name, "likelihood") / "encoder.pt", self.fit)
+        return self._posthoc
 
 
 @dataclass

@@ -11,6 +11,7 @@ import pandas as pd
 from latentfit.core.config import EvaluateParams
 from latentfit.core.errors import DataError
 from latentfit.core.fits import BASELINE
+from latentfit.core.stats import Interval
 from latentfit.evaluation.anatomy_records import ClassGap
 from latentfit.evaluation.schema import (
     ESTIMATORS,
@@ -32,36 +33,38 @@ def estimator_nll(images: pd.DataFrame, p: EvaluateParams) -> pd.DataFrame:
     return test[list(columns.values())].set_axis(list(columns), axis=1).assign(label=test["label"])
 
 
-def _paired(fit: pd.DataFrame, base: pd.DataFrame, estimator: str, first: int | None = None) -> pd.DataFrame:
-    """The images both fits scored by `estimator` (of the first `first` images), paired by image: a NaN in
-    either drops that image from both."""
-    both = pd.concat([fit[estimator], base[estimator]], axis=1, keys=["fit", "base"], join="inner").dropna()
-    return both if first is None else both[both.index < first]
+def _paired(fit: pd.DataFrame, base: pd.DataFrame, estimator: str) -> pd.DataFrame:
+    """The images both fits scored by `estimator`, paired by image: a NaN in either drops that image from both."""
+    return pd.concat([fit[estimator], base[estimator]], axis=1, keys=["fit", "base"], join="inner").dropna()
 
 
-def _by_class(fit: pd.DataFrame, base: pd.DataFrame) -> dict[str, ClassGap]:
+def _gap(both: pd.DataFrame) -> Interval:
+    return interval((both["fit"] - both["base"]).to_numpy())
+
+
+def _by_class(paired: Mapping[str, pd.DataFrame], labels: pd.Series) -> dict[str, ClassGap]:
     out = {}
-    ais, iwae = _paired(fit, base, "ais"), _paired(fit, base, "iwae")
-    ais_labels, iwae_labels = base["label"].reindex(ais.index), base["label"].reindex(iwae.index)
+    ais, iwae = paired["ais"], paired["iwae"]
+    ais_labels, iwae_labels = labels.reindex(ais.index), labels.reindex(iwae.index)
     for c in sorted(set(ais_labels.tolist())):
         a, i = ais[ais_labels == c], iwae[iwae_labels == c]
         if len(a) > 1 and len(i) > 1:
-            out[str(c)] = ClassGap(interval((a["fit"] - a["base"]).to_numpy()), interval((i["fit"] - i["base"]).to_numpy()))
+            out[str(c)] = ClassGap(_gap(a), _gap(i))
     return out
 
 
 def pair(fit: pd.DataFrame, base: pd.DataFrame, n: int) -> Pair:
     """One fit against the baseline, image by image: each estimator's paired gap on all the images both scored,
     and on the first n (the AIS images, where every estimator ran)."""
-    gaps, rows = {}, {}
-    for est in ESTIMATORS:
-        both = _paired(fit, base, est)
-        gaps[est] = interval((both["fit"] - both["base"]).to_numpy())
-        first = _paired(fit, base, est, n)
-        gap = interval((first["fit"] - first["base"]).to_numpy())
+    paired = {est: _paired(fit, base, est) for est in ESTIMATORS}
+    rows = {}
+    for est, both in paired.items():
+        first = both[both.index < n]
+        gap = _gap(first)
         rows[est] = EstimatorRow(fit=float(first["fit"].mean()), baseline=float(first["base"].mean()), mean=gap.mean,
                                  se=gap.se, lo=gap.lo, hi=gap.hi, images=gap.images)
-    return Pair(Gaps(**gaps), Verdict(**rows), _by_class(fit, base))
+    return Pair(Gaps(**{est: _gap(both) for est, both in paired.items()}), Verdict(**rows),
+                _by_class(paired, base["label"]))
 
 
 def same_data(scores: Mapping[str, FitScores]) -> None:

@@ -114,8 +114,12 @@ class DataIdentity:
 
     def differs(self, other: DataIdentity) -> str:
         """What two identities disagree on (empty when they are the same data)."""
-        return ", ".join(f"{k} {getattr(self, k)!r} vs {getattr(other, k)!r}" for k in self.__dataclass_fields__
-                         if getattr(self, k) != getattr(other, k))
+        return differences(dataclasses.asdict(self), dataclasses.asdict(other))
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """The keys on which two records (data identities, as written) disagree: `key a vs b`, comma-separated."""
+    return ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k))
 
 
 @dataclass(frozen=True)
