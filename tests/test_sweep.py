@@ -6,14 +6,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from scipy import stats
 
 from latentfit.core.errors import ParamsError
+from latentfit.sweep import study
 from latentfit.sweep.driver import Options, SweepError, leaders, prepare, stage_params
 from latentfit.sweep.grid import parse_seeds, parse_set, plan, seed_keys
-from latentfit.sweep.summary import seed_statistics
+from latentfit.sweep.records import RunRecords, StageTime, stage_costs
+from latentfit.sweep.summary import seed_statistics, statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -197,3 +200,72 @@ def test_a_run_reserves_a_gpu_where_the_cluster_has_them(monkeypatch):
                                        ({"GPU": 4.0}, 0.25, 0.25), ({"GPU": 4.0}, 0.0, 0.0)):
         monkeypatch.setattr(ray, "cluster_resources", lambda r=resources: r)
         assert gpus_per_run(Options(name="s", gpus_per_run=asked)) == reserved
+
+
+def _synthetic_sweep(slope: float = 2.0) -> pd.DataFrame:
+    """Runs of a z_dim x M x 2-seed sweep whose gap is 3 + slope * (rate - log M) plus seed noise."""
+    rows, rng = [], np.random.default_rng(0)
+    for z, rate in ((2, 5.0), (20, 15.0)):
+        for m in (16, 64, 256):
+            for seed in (0, 1):
+                r = rate + 0.1 * rng.standard_normal()
+                gap = 3 + slope * (r - math.log(m)) + 0.2 * rng.standard_normal()
+                records = RunRecords({"fits": {"vae": {"kind": "vae"}, "direct": {"kind": "direct", "mc_samples": m}}},
+                                     [StageTime("train@direct", 10.0 * m, f"d{z}{m}{seed}"),
+                                      StageTime("train@vae", 60.0, f"v{z}{seed}")])
+                row = {"run": f"s-{z}-{m}-{seed}", "point": f"model.z_dim={z},fits.direct.mc_samples={m}",
+                       "model.z_dim": z, "fits.direct.mc_samples": m, "seed": seed, "ais.gap": gap,
+                       "ais.vae": 230.0 + seed, "ais.direct": 230.0 + seed + gap, "rate.direct": r}
+                row |= {k: v for k, (_, v) in records.derived({"direct": r}).items()}
+                rows.append(row)
+    runs = pd.DataFrame(rows)
+    runs.attrs["labels"] = {c: c for c in runs.columns if "." in c and c not in ("model.z_dim", "fits.direct.mc_samples")}
+    return runs
+
+
+def test_the_study_table_derives_rate_minus_log_m_and_fits_the_gap_on_it():
+    runs = _synthetic_sweep(slope=2.0)
+    assert runs["log_m.direct"].tolist() == [math.log(m) for z in (2, 20) for m in (16, 64, 256) for _ in (0, 1)]
+    assert np.allclose(runs["rate_minus_log_m.direct"], runs["rate.direct"] - runs["log_m.direct"])
+    assert runs["train_seconds.direct"].tolist() == [10.0 * m for z in (2, 20) for m in (16, 64, 256) for _ in (0, 1)]
+    stats = statistics(runs)
+    table = study.table(runs, stats, "direct", "vae")
+    assert len(table) == 6 and (table["seeds"] == 2).all()
+    for _, p in table.iterrows():  # each point's columns are the means of its two runs
+        mine = runs[runs.point == p["point"]]
+        assert p["gap"] == pytest.approx(mine["ais.gap"].mean())
+        assert p["rate_minus_log_m"] == pytest.approx(mine["rate_minus_log_m.direct"].mean())
+        assert p["reaches_baseline"] == (p["gap_lo"] <= 0)
+    line = study.fit_line(table)
+    assert line.points == 6 and line.slope == pytest.approx(2.0, abs=0.15) and line.r2 > 0.95
+    assert np.allclose(table["residual"], table["gap"] - line.intercept - line.slope * table["rate_minus_log_m"])
+    flat = study.fit_line(table.assign(gap=7.0, rate_minus_log_m=table["rate_minus_log_m"]))
+    assert flat.slope == pytest.approx(0.0, abs=1e-9)  # a gap that does not move with rate - log M: slope 0
+    md = "\n".join(study.markdown(table, "direct", "vae"))
+    assert md.count("| model.z_dim=") == 6 and "Least squares over the 6 points" in md
+
+
+def test_the_study_figures_draw_a_line_per_z_dim_against_log_m_and_every_point_against_rate():
+    runs = _synthetic_sweep()
+    table = study.table(runs, statistics(runs), "direct", "vae")
+    figures = study.figures(runs, table, ["model.z_dim", "fits.direct.mc_samples"], "direct", "vae")
+    by_m, by_rate = (figures[name].axes[0] for name in ("gap_vs_log_m", "gap_vs_rate"))
+    assert [t.get_text() for t in by_m.get_legend().get_texts()] == ["z_dim = 2", "z_dim = 20"]
+    for z, drawn in zip((2, 20), by_m.containers, strict=True):  # errorbar containers: (line, caps, bars)
+        mine = table[table.point.str.startswith(f"model.z_dim={z},")]
+        assert np.allclose(drawn[0].get_xdata(), [math.log(m) for m in (16, 64, 256)])
+        assert np.allclose(drawn[0].get_ydata(), mine["gap"])
+    xs = np.concatenate([c[0].get_xdata() for c in by_rate.containers])
+    assert np.allclose(sorted(xs), sorted(table["rate_minus_log_m"]))
+    assert "log M" in by_m.get_xlabel() and "rate - log M" in by_rate.get_xlabel() and "nats" in by_m.get_ylabel()
+    assert any("least squares" in t.get_text() for t in by_rate.get_legend().get_texts())
+    for f in figures.values():
+        study.close(f)
+
+
+def test_stage_costs_count_a_stage_restored_from_the_run_cache_once():
+    vae = StageTime("train@vae", 60.0, "v")
+    costs = stage_costs({"a": RunRecords({}, [vae, StageTime("train@direct", 5.0, "d1")]),
+                         "b": RunRecords({}, [vae, StageTime("train@direct", 7.0, "d2")])})
+    assert costs == [{"stage": "train@vae", "computed": 1, "runs": 2, "seconds": 60.0, "mean_seconds": 60.0},
+                     {"stage": "train@direct", "computed": 2, "runs": 2, "seconds": 12.0, "mean_seconds": 6.0}]

@@ -14,10 +14,12 @@ import pandas as pd
 from tabulate import tabulate
 
 from latentfit.core.errors import LatentfitError
-from latentfit.core.fits import BASELINE, label
+from latentfit.core.fits import BASELINE, baseline_of, label
 from latentfit.core.io import save_figure, write_text
 from latentfit.evaluation.schema import Details, Interval, fmt, interval, summary_metrics, verdict
+from latentfit.sweep import study
 from latentfit.sweep.grid import point_label
+from latentfit.sweep.records import RunRecords, read_records, stage_costs
 from latentfit.sweep.repo import exp_ref, landed, read_json
 from latentfit.sweep.spec import reported
 
@@ -32,26 +34,33 @@ def seed_statistics(values: list[float]) -> dict[str, float]:
     return {"n": len(x), "mean": s.mean, "sd": float(x.std(ddof=1)), "lo": s.lo, "hi": s.hi}
 
 
-def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> pd.DataFrame:
-    """One row per landed run: its grid point, seed and summary metrics, read from the comparison's
-    numbers its experiment holds (through DVC, with the schema that wrote them). The metrics' labels are
-    in `.attrs["labels"]`."""
+def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, RunRecords]]:
+    """One row per landed run: its grid point, seed and summary metrics, read from the comparison's numbers its
+    experiment holds (through DVC, with the schema that wrote them), and the study's columns derived from its
+    own params and records (log M, rate - log M, training times). The metrics' labels are in
+    `.attrs["labels"]`; the runs' records (params, stage times) come beside the table."""
     present = landed(repo, commit)
-    rows, labels = [], {}
+    rows, labels, records = [], {}, {}
     for run in plan["runs"]:
         if run["name"] not in present:
             continue
-        found = read_json(repo, exp_ref(commit, run["name"]), DETAILS)
+        ref = exp_ref(commit, run["name"])
+        found = read_json(repo, ref, DETAILS)
         details = Details.from_dict(found) if found else None
         row = {"run": run["name"], "point": point_label(run["point"].items()), **run["point"], "seed": run["seed"]}
         if details is not None:
             for metric, (text, read) in summary_metrics(details).items():
                 value = read(details)
                 row[metric], labels[metric] = math.nan if value is None else float(value), text
+        records[run["name"]] = read_records(repo, ref)
+        rate = {fit: row[f"rate.{fit}"] for fit in records[run["name"]].params.get("fits") or {}
+                if not math.isnan(row.get(f"rate.{fit}", math.nan))}
+        for metric, (text, value) in records[run["name"]].derived(rate).items():
+            row[metric], labels[metric] = value, text
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs["labels"] = labels
-    return frame
+    return frame, records
 
 
 def statistics(runs: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +88,8 @@ def point_verdict(point: str, stats: pd.DataFrame, metric: str = "ais.gap") -> s
     return sentence
 
 
-def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, planned: int) -> str:
+def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, planned: int,
+             studies: list[str] | None = None, costs: list[dict[str, Any]] | None = None) -> str:
     lines = [f"# Sweep `{name}`", "",
              (f"Commit `{commit[:8]}`; {len(runs)} of {planned} planned runs landed. Every number is computed from "
               "the experiments' own metrics (`dvc exp show`); across seeds: mean, sample standard deviation, and the "
@@ -87,6 +97,7 @@ def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, pl
               "per-seed difference direct - VAE. The intervals are over seeds (training and estimator randomness): "
               "every run evaluates the same test images, so the error of sampling those images is not in them; "
               "each run's `metrics/report.md` gives it (the paired interval over images)."), ""]
+    lines += studies or []
     for point in runs["point"].unique():
         seeds = ", ".join(map(str, sorted(runs[runs.point == point]["seed"])))
         lines += [f"## {point} (seeds {seeds})", "",
@@ -97,6 +108,15 @@ def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, pl
                 for _, s in stats[stats.point == point].iterrows() for d in [digits.get(s["metric"], 2)]]
         lines += [tabulate(rows, headers=["metric", "mean", "sd", "95% interval"], tablefmt="github",
                            disable_numparse=True), ""]
+    if costs:
+        total = sum(c["seconds"] for c in costs)
+        lines += ["## What it cost", "",
+                  (f"Seconds of each per-fit stage as the runs recorded them (training: the sum of its epochs; a block: "
+                   f"its `part.json`), {total:.0f} s in all. A stage DVC restored from the run cache counts once: "
+                   "`computed` is how many distinct results the runs hold, `runs` how many runs used one."), "",
+                  tabulate([[c["stage"], c["computed"], c["runs"], f"{c['seconds']:.0f}", f"{c['mean_seconds']:.1f}"]
+                            for c in costs], headers=["stage", "computed", "runs", "seconds", "seconds each"],
+                           tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
 
 
@@ -152,19 +172,30 @@ def summarize(repo: Path, name: str, parent_run: str | None = None, tracking_uri
                              "...` first, or pick one of: " + ", ".join(sorted(p.parent.name for p in
                                                                               out.parent.glob("*/plan.json"))))
     plan = json.loads(plan_file.read_text())
-    runs = run_metrics(repo, plan["commit"], plan)
+    runs, records = run_metrics(repo, plan["commit"], plan)
     if runs.empty:
         raise LatentfitError(f"no run of sweep {name!r} has landed yet: run `latentfit sweep` to run them")
     stats = statistics(runs)
     keys = list(plan["runs"][0]["point"]) if plan["runs"] else []
     md, csv, png = out / "summary.md", out / "summary.csv", out / "summary.png"
-    write_text(md, markdown(name, plan["commit"], runs, stats, len(plan["runs"])))
+    fits = list(next(iter(records.values())).params.get("fits") or {}) if records else []
+    baseline = baseline_of(fits) if fits else BASELINE
+    sections, drawn = [], []
+    for fit in study.direct_fits(runs):
+        table = study.table(runs, stats, fit, baseline)
+        sections += study.markdown(table, fit, baseline)
+        for figure_name, fig in study.figures(runs, table, keys, fit, baseline).items():
+            drawn.append(out / f"{'' if len(study.direct_fits(runs)) == 1 else fit + '_'}{figure_name}.png")
+            save_figure(drawn[-1], fig)
+            study.close(fig)
+    write_text(md, markdown(name, plan["commit"], runs, stats, len(plan["runs"]), sections, stage_costs(records)))
     write_text(csv, stats.to_csv(index=False))
     write_text(out / "runs.csv", runs.to_csv(index=False))
     figure(runs, stats, keys, png)
+    written = [md, csv, out / "runs.csv", png, *drawn]
     if parent_run and tracking_uri:
-        _log(parent_run, tracking_uri, [md, csv, out / "runs.csv", png], stats)
-    return [md, csv, out / "runs.csv", png]
+        _log(parent_run, tracking_uri, written, stats)
+    return written
 
 
 def _log(parent_run: str, uri: str, files: list[Path], stats: pd.DataFrame) -> None:
