@@ -13,7 +13,7 @@ from scipy import stats
 
 from latentfit.core.errors import ParamsError
 from latentfit.sweep import study
-from latentfit.sweep.driver import Options, SweepError, leaders, prepare, stage_params
+from latentfit.sweep.driver import Options, SweepError, leaders, prepare, slowest, stage_params
 from latentfit.sweep.grid import parse_seeds, parse_set, plan, seed_keys
 from latentfit.sweep.records import RunRecords, StageTime, stage_costs
 from latentfit.sweep.summary import seed_statistics, statistics
@@ -269,3 +269,10 @@ def test_stage_costs_count_a_stage_restored_from_the_run_cache_once():
                          "b": RunRecords({}, [vae, StageTime("train@direct", 7.0, "d2")])})
     assert costs == [{"stage": "train@vae", "computed": 1, "runs": 2, "seconds": 60.0, "mean_seconds": 60.0},
                      {"stage": "train@direct", "computed": 2, "runs": 2, "seconds": 12.0, "mean_seconds": 6.0}]
+
+
+def test_the_progress_names_the_longest_running_run_first():
+    running = {"zm-a": 100.0, "zm-b": 40.0, "zm-c": 70.0}
+    assert slowest(running, now=700.0) == "zm-b (11 min), zm-c (10 min), zm-a (10 min)"
+    assert slowest(running, 1, now=700.0) == "zm-b (11 min)"
+    assert slowest({}, now=1.0) == ""

@@ -9,6 +9,7 @@ MLflow records it. This module prepares a sweep, runs it on Ray and reports; the
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Out
             o.workdir, events, identity, after)
     pending = {ref: name for name, ref in by_name.items()}
     outcomes: list[Outcome] = []
-    running: set[str] = set()
+    running: dict[str, float] = {}  # run -> when it started (monotonic seconds)
     shown = ""
     bar = tqdm(total=len(pending), unit="run", desc=f"sweep {o.name}", disable=not progress, dynamic_ncols=True)
     try:
@@ -107,21 +108,22 @@ def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Out
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for kind, name, node, log in _drain(events):
                 if kind == "started":
-                    running.add(name)
+                    running[name] = time.monotonic()
                     bar.write(f"{name}: running on {node}, log {log}")
             for ref in ready:
                 name = pending.pop(ref)
-                running.discard(name)
+                running.pop(name, None)
                 outcome = _outcome(ref, name, sweep)
                 if outcome.ok:
                     outcome = _land(sweep, outcome)
                 if outcome.ok:
                     record_restored(sweep, parent, name)
                 outcomes.append(outcome)
-                bar.write(_line(outcome))
+                bar.write(_line(outcome) + (f"; still running: {still}" if (still := slowest(running)) else ""))
                 bar.update(1)
             failed = sum(not x.ok for x in outcomes)
             state = f"done {len(outcomes) - failed}, running {len(running)}, failed {failed}"
+            state += f"; longest: {slowest(running, 1)}" if running else ""
             if state != shown:  # redraw on a change only: a log file gets a line per change
                 bar.set_postfix_str(shown := state)
     except KeyboardInterrupt:
@@ -132,6 +134,14 @@ def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Out
                          "to run the rest (landed runs are skipped)") from None
     bar.close()
     return outcomes
+
+
+def slowest(running: dict[str, float], limit: int | None = None, now: float | None = None) -> str:
+    """The running runs, longest first, with their minutes so far (`limit`: only the first few): which run
+    holds the sweep up."""
+    now = time.monotonic() if now is None else now
+    ordered = sorted(running.items(), key=lambda item: item[1])[:limit]
+    return ", ".join(f"{name} ({(now - start) / 60:.0f} min)" for name, start in ordered)
 
 
 def _wait_for(refs: list) -> None:
