@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from latentfit.inference import ais
 from latentfit.inference.ais import Schedule, _Target, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
 from latentfit.inference.estimators import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
 from latentfit.model.likelihood import mc_marginal_log_prob, pairwise_bernoulli_log_prob, standard_normal_log_prob
@@ -111,8 +112,10 @@ def test_bdmc_brackets_the_exact_log_likelihood(z_dim):
     gaps = {}
     for steps in (10, 300):
         schedule = Schedule(steps=steps, leapfrog=2, beta_min=SMALL.beta_min)
-        forward = ais_log_prob(model.decoder, y, chains=4, schedule=schedule, generator=g).mean()
-        reverse = reverse_ais_log_prob(model.decoder, y, z, chains=4, schedule=schedule, generator=g).mean()
+        kernels: list[torch.Tensor] = []
+        forward = ais_log_prob(model.decoder, y, chains=4, schedule=schedule, generator=g, kernels=kernels).mean()
+        reverse = reverse_ais_log_prob(model.decoder, y, z, chains=4, schedule=schedule, kernels=kernels,
+                                       generator=g).mean()
         gaps[steps] = (reverse - forward).item()
         if steps == 10:  # a short path: the bias shows through the noise, on both sides
             assert forward < exact < reverse
@@ -123,6 +126,38 @@ def test_bdmc_brackets_the_exact_log_likelihood(z_dim):
                   generator=g)
     assert result["gap"] == pytest.approx(result["upper_nll"] - result["lower_nll"])
     assert result["gap"] > 0 and result["gap_se"] > 0
+
+
+def test_the_reverse_chain_replays_the_forward_step_sizes_whatever_its_start(monkeypatch):
+    """BDMC's reverse weights are unbiased only with kernels fixed before the reverse chain starts: it runs
+    the forward run's per-image step sizes, last first, at the same inverse temperatures, with no pilot
+    chains, and the exact sample it starts from changes none of them."""
+    model, _ = small_model(2)
+    g = torch.Generator().manual_seed(3)
+    y, z = simulate(model.decoder, 6, g)
+    schedule = Schedule(steps=12, leapfrog=2, beta_min=SMALL.beta_min)
+    calls: list[tuple[float, torch.Tensor, int]] = []
+    hmc = ais._hmc
+
+    def recording(target, z_, logl, grad, beta, step, leapfrog, generator):
+        calls.append((beta, step[:, 0].clone(), len(z_)))
+        return hmc(target, z_, logl, grad, beta, step, leapfrog, generator)
+
+    monkeypatch.setattr(ais, "_hmc", recording)
+    kernels: list[torch.Tensor] = []
+    ais_log_prob(model.decoder, y, chains=4, schedule=schedule, generator=g, kernels=kernels)
+    forward, calls[:] = list(calls), []
+    assert len(kernels) == len(forward) == schedule.steps - 1
+    assert len({tuple(k.tolist()) for k in kernels}) > 1  # adapted along the path, per image
+    for start in (z, z + 1.0):
+        reverse_ais_log_prob(model.decoder, y, start, chains=4, schedule=schedule, kernels=kernels, generator=g)
+        assert [beta for beta, _, _ in calls] == [beta for beta, _, _ in reversed(forward)]
+        for (_, step, rows), (_, used, _) in zip(calls, reversed(forward), strict=True):
+            assert rows == 4 * len(y)  # the counted chains alone
+            torch.testing.assert_close(step, used[: len(step)], rtol=0, atol=0)
+        calls[:] = []
+    with pytest.raises(ValueError, match="step sizes"):
+        reverse_ais_log_prob(model.decoder, y, z, chains=4, schedule=schedule, kernels=kernels[1:], generator=g)
 
 
 def bimodal_model() -> tuple[VAE, torch.Tensor, float]:

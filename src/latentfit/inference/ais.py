@@ -29,7 +29,8 @@ Choices, and why:
 - **BDMC** (Grosse et al. 2015): on data simulated from the decoder, the latent that generated an
   image is an exact posterior sample, so AIS can also be run backwards from it; the reverse chain
   gives a stochastic upper bound on log p(y). The distance between the two bounds bounds the error
-  of either at that schedule.
+  of either at that schedule. The reverse chain replays the forward run's step sizes, fixed before it
+  starts: steered by pilots that start from the exact sample, its kernels would depend on its own start.
 """
 
 from __future__ import annotations
@@ -138,32 +139,39 @@ def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfr
 
 
 def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: list[float], *, chains: int, pilots: int,
-            leapfrog: int, generator: torch.Generator, step: float, warmup: int = 0,
-            tick: Callable[[], object] | None = None, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+            leapfrog: int, generator: torch.Generator, step: float = 1.0, kernels: list[torch.Tensor] | None = None,
+            used: list[torch.Tensor] | None = None, tick: Callable[[], object] | None = None,
+            trace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Carry `chains + pilots` chains per image along `betas`, from exact samples `z` of pi_{betas[0]}.
 
     Rows are chain-major (chain c of image b at row c * B + b); `y` holds one row per image. Returns
     the log weights sum_t (betas[t] - betas[t-1]) log p(y | z_{t-1}) of the first `chains` chains,
     (chains, B). The step size is shared by an image's chains and adapted from the acceptance of its
-    `pilots` extra chains only: the counted chains then run a fixed sequence of kernels, as AIS needs
-    (adapting each chain on its own acceptance biases the estimate upwards, measurably so in the tests).
+    `pilots` extra chains only, starting from `step`: the counted chains then run a fixed sequence of
+    kernels, as AIS needs (adapting each chain on its own acceptance biases the estimate upwards,
+    measurably so in the tests). With `kernels` (one step size per image for each transition, in order),
+    the run uses them as given: no adaptation, and no pilots are needed. `used`, when given, receives the
+    step sizes the run used, per transition (B,): what a reverse run replays.
     `tick` is called every TICK distributions (the evaluate stage resizes its thread pool there).
     With a `trace` list, each distribution appends its (log Z_beta, distortion) estimate, (2, B): the
     weighted states (z_{t-1}, cumulative weight to t) are properly weighted for pi_{beta_t}.
     """
     rows, n = chains + pilots, len(y)
+    if kernels is not None and len(kernels) != max(len(betas) - 2, 0):
+        raise ValueError(f"{len(kernels)} step sizes for the {max(len(betas) - 2, 0)} transitions of this path")
     target = _Target(decoder, y.repeat(rows, 1))
     logl, grad = target(z)
     log_step = torch.full((n,), math.log(step), device=z.device, dtype=z.dtype)
 
-    def transition(z, logl, grad, beta):
-        z, logl, grad, accept = _hmc(target, z, logl, grad, beta, log_step.exp().repeat(rows)[:, None], leapfrog,
-                                     generator)
-        log_step.add_(ADAPT_RATE * (accept.view(rows, n)[chains:].mean(0) - TARGET_ACCEPT))
+    def transition(z, logl, grad, beta, index):
+        size = kernels[index] if kernels is not None else log_step.exp()
+        if used is not None:
+            used.append(size.clone())
+        z, logl, grad, accept = _hmc(target, z, logl, grad, beta, size.repeat(rows)[:, None], leapfrog, generator)
+        if kernels is None:
+            log_step.add_(ADAPT_RATE * (accept.view(rows, n)[chains:].mean(0) - TARGET_ACCEPT))
         return z, logl, grad
 
-    for _ in range(warmup):  # tunes the step size at the start; exact samples stay exact
-        z, logl, grad = transition(z, logl, grad, betas[0])
     log_w = CompensatedSum(torch.zeros(rows * n, device=z.device, dtype=z.dtype))
     if trace is not None:
         trace.append(_tempered(log_w.total, logl, rows, chains))
@@ -174,7 +182,7 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: list[floa
         if trace is not None:
             trace.append(_tempered(log_w.total, logl, rows, chains))
         if t < len(betas) - 1:  # the last transition would not change the weights
-            z, logl, grad = transition(z, logl, grad, betas[t])
+            z, logl, grad = transition(z, logl, grad, betas[t], t - 1)
     return log_w.total.view(rows, n)[:chains]
 
 
@@ -194,17 +202,18 @@ def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def ais_log_prob(decoder: Decoder, y: torch.Tensor, *, chains: int, schedule: Schedule,
                  generator: torch.Generator, tick: Callable[[], object] | None = None,
-                 trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+                 trace: list[torch.Tensor] | None = None, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Forward AIS from the prior: per image, log of the mean of `chains` AIS weights (B,).
 
     A stochastic lower bound on log p(y): its expectation is below log p(y) by an amount that
-    vanishes as the schedule lengthens. `trace`: see `_anneal`.
+    vanishes as the schedule lengthens. `trace`: see `_anneal`. `kernels`, when given (a list), receives
+    the per-image step size of every transition, for `reverse_ais_log_prob` to replay.
     """
     decoder.eval()
     rows = (chains + schedule.pilots) * len(y)
     z = torch.randn(rows, decoder.z_dim, generator=generator, device=y.device, dtype=y.dtype)
     log_w = _anneal(decoder, y, z, schedule.beta_values(), chains=chains, pilots=schedule.pilots,
-                    leapfrog=schedule.leapfrog, generator=generator, step=1.0, tick=tick, trace=trace)
+                    leapfrog=schedule.leapfrog, generator=generator, step=1.0, used=kernels, tick=tick, trace=trace)
     return _log_mean_exp(log_w)
 
 
@@ -238,18 +247,20 @@ def ais_paths(decoder: Decoder, y: torch.Tensor, *, batch_size: int, **kwargs) -
 
 @torch.no_grad()
 def reverse_ais_log_prob(decoder: Decoder, y: torch.Tensor, z_exact: torch.Tensor, *, chains: int,
-                         schedule: Schedule, generator: torch.Generator, warmup: int = 20,
+                         schedule: Schedule, kernels: list[torch.Tensor], generator: torch.Generator,
                          tick: Callable[[], object] | None = None) -> torch.Tensor:
     """Reverse AIS from an exact posterior sample `z_exact` of each image (B, d) down to the prior.
 
-    Its mean weight is an unbiased estimate of 1 / p(y), so minus its log is a stochastic upper bound
-    on log p(y). Only data simulated from the decoder come with exact posterior samples.
+    Its mean weight is an unbiased estimate of 1 / p(y) when its kernels are fixed before it starts
+    (Grosse et al. 2015): it replays `kernels`, the per-image step sizes a forward run on the same images
+    used (`ais_log_prob(..., kernels=[])`), in reverse order, so nothing about `z_exact` steers them, and
+    it needs no pilot chains. Minus the log of the mean weight is then a stochastic upper bound on log p(y).
+    Only data simulated from the decoder come with exact posterior samples.
     """
     decoder.eval()
     betas = schedule.beta_values()[::-1]
-    log_w = _anneal(decoder, y, z_exact.repeat(chains + schedule.pilots, 1), betas, chains=chains,
-                    pilots=schedule.pilots, leapfrog=schedule.leapfrog, generator=generator, step=0.05, warmup=warmup,
-                    tick=tick)
+    log_w = _anneal(decoder, y, z_exact.repeat(chains, 1), betas, chains=chains, pilots=0,
+                    leapfrog=schedule.leapfrog, generator=generator, kernels=kernels[::-1], tick=tick)
     return -_log_mean_exp(log_w)
 
 
@@ -262,22 +273,20 @@ def simulate(decoder: Decoder, n: int, generator: torch.Generator,
     return torch.bernoulli(torch.sigmoid(decoder(z)), generator=generator), z
 
 
-def batched(fn, x: torch.Tensor, *extra: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Apply a per-image estimator to `x` (and row-aligned `extra` tensors) `batch_size` images at a time."""
-    parts = [fn(*chunk) for chunk in zip(x.split(batch_size), *(e.split(batch_size) for e in extra), strict=False)]
-    return torch.cat(parts)
-
-
 def bdmc(decoder: Decoder, n: int, *, chains: int, schedule: Schedule, generator: torch.Generator,
          batch_size: int = 50, tick: Callable[[], object] | None = None) -> dict[str, float]:
     """Forward and reverse AIS on `n` images simulated from `decoder`: the NLL's stochastic upper bound
-    (forward), lower bound (reverse), and their mean distance, which bounds the AIS error."""
+    (forward), lower bound (reverse, replaying the forward run's step sizes), and their mean distance,
+    which bounds the AIS error."""
     device = next(decoder.parameters()).device
     y, z = simulate(decoder, n, generator, device)
-    forward = batched(lambda yb: ais_log_prob(decoder, yb, chains=chains, schedule=schedule, generator=generator,
-                                              tick=tick), y, batch_size=batch_size)
-    reverse = batched(lambda yb, zb: reverse_ais_log_prob(decoder, yb, zb, chains=chains, schedule=schedule,
-                                                          generator=generator, tick=tick), y, z, batch_size=batch_size)
-    f, r = host(forward), host(reverse)  # means in float64 on the host: gap = upper - lower to the last digit
+    forward, reverse = [], []
+    for yb, zb in zip(y.split(batch_size), z.split(batch_size), strict=True):
+        kernels: list[torch.Tensor] = []
+        forward.append(ais_log_prob(decoder, yb, chains=chains, schedule=schedule, generator=generator, tick=tick,
+                                    kernels=kernels))
+        reverse.append(reverse_ais_log_prob(decoder, yb, zb, chains=chains, schedule=schedule, kernels=kernels,
+                                            generator=generator, tick=tick))
+    f, r = host(torch.cat(forward)), host(torch.cat(reverse))  # float64 on the host: gap = upper - lower exactly
     return {"upper_nll": float(-f.mean()), "lower_nll": float(-r.mean()), "gap": float((r - f).mean()),
             "gap_se": standard_error(r - f)}
