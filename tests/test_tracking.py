@@ -129,3 +129,22 @@ def test_a_pipeline_is_one_parent_run_and_models_load_back_with_mlflow(monkeypat
     torch.testing.assert_close(loaded(z), torch.sigmoid(decoder(z)))  # z -> Bernoulli means
     versions = client.search_model_versions(f"name = '{registered_name('direct')}'")  # latentfit-direct-decoder
     assert len(versions) == 2 and {v.tags["dvc_md5"] for v in versions} == {file_md5(model_file)}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e39])
+def test_a_served_decoder_refuses_a_latent_that_is_not_finite(bad):
+    """What MLflow serves is the torch.export program of BernoulliMeans: a non-finite z raises there (the
+    scoring server answers 400), where the decoder alone would answer NaN images."""
+    import torch
+
+    from latentfit.model.networks import Decoder
+    from latentfit.model.registry import BernoulliMeans
+
+    decoder = Decoder(z_dim=3, hidden=8)
+    program = torch.export.export(BernoulliMeans(decoder).eval(), (torch.zeros(2, 3),),
+                                  dynamic_shapes={"z": {0: torch.export.Dim("n")}}).module()
+    z = torch.randn(4, 3)
+    torch.testing.assert_close(program(z), torch.sigmoid(decoder(z)))
+    z[2, 1] = torch.tensor(bad, dtype=torch.float32)  # 1e39 overflows float32 to inf
+    with pytest.raises(RuntimeError, match="finite"):
+        program(z)

@@ -220,6 +220,7 @@ def test_models_are_registered_linked_to_their_held_out_numbers_and_ranked(base)
 
 def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(base, tmp_path):
     """`mlflow models serve -m models:/NAME@ALIAS` on 127.0.0.1 answers the decoder's own input example."""
+    import urllib.error
     import urllib.request
 
     import mlflow
@@ -244,6 +245,14 @@ def test_a_registered_model_is_served_by_mlflow_and_answers_its_input_example(ba
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as answer:
             means = np.asarray(json.loads(answer.read())["predictions"], dtype=np.float32)
+        for bad in (float("nan"), 1e39):  # 1e39 is inf in float32: both are refused, not answered with NaN images
+            z = np.asarray(example, dtype=np.float64)
+            z[0, 0] = bad
+            refused = urllib.request.Request(request.full_url, method="POST", headers=request.headers,
+                                             data=json.dumps({"inputs": z.tolist()}).encode())
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(refused, timeout=60)
+            assert answer.value.code == 400, answer.value.read()[:500]
     decoder, _ = load_decoder(base.path / "models/vae.pt")
     expected = torch.sigmoid(decoder(torch.as_tensor(np.asarray(example), dtype=torch.float32))).detach().numpy()
     assert means.shape == (2, 784)

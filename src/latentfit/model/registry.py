@@ -31,6 +31,8 @@ class BernoulliMeans(nn.Module):
         self.decoder = decoder
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # exported with the model: a served decoder answers a z holding NaN or inf with 400, not with NaN images
+        torch._assert_async(torch.isfinite(z).all(), "z holds NaN or inf: every latent must be a finite number")
         return torch.sigmoid(self.decoder(z))
 
 
@@ -42,6 +44,7 @@ class GaussianPosterior(nn.Module):
         self.encoder = vae.encoder
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        torch._assert_async(torch.isfinite(y).all(), "y holds NaN or inf: pixels must be numbers in [0, 1]")
         mu, logvar = self.encoder(y)
         return torch.cat([mu, logvar], dim=-1)
 
