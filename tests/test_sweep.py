@@ -235,12 +235,9 @@ def test_the_study_table_derives_rate_minus_log_m_and_fits_the_gap_on_it():
         mine = runs[runs.point == p["point"]]
         assert p["gap"] == pytest.approx(mine["ais.gap"].mean())
         assert p["rate_minus_log_m"] == pytest.approx(mine["rate_minus_log_m.direct"].mean())
-        assert p["reaches_baseline"] == (p["gap_lo"] <= 0)
     line = study.fit_line(table)
     assert line.points == 6 and line.slope == pytest.approx(2.0, abs=0.15) and line.r2 > 0.95
     assert np.allclose(table["residual"], table["gap"] - line.intercept - line.slope * table["rate_minus_log_m"])
-    flat = study.fit_line(table.assign(gap=7.0, rate_minus_log_m=table["rate_minus_log_m"]))
-    assert flat.slope == pytest.approx(0.0, abs=1e-9)  # a gap that does not move with rate - log M: slope 0
     md = "\n".join(study.markdown(table, "direct", "vae"))
     assert md.count("| model.z_dim=") == 6 and "Least squares over the 6 points" in md
 
@@ -276,3 +273,27 @@ def test_the_progress_names_the_longest_running_run_first():
     assert slowest(running, now=700.0) == "zm-b (11 min), zm-c (10 min), zm-a (10 min)"
     assert slowest(running, 1, now=700.0) == "zm-b (11 min)"
     assert slowest({}, now=1.0) == ""
+
+
+def test_a_point_reaches_the_vae_when_its_gap_interval_reaches_zero():
+    runs = _synthetic_sweep()
+    gaps = {16: (5.0, 5.2), 64: (-1.0, 1.0), 256: (-5.0, -4.8)}  # worse, as good, better than the VAE
+    runs["ais.gap"] = [gaps[m][seed] for m, seed in zip(runs["fits.direct.mc_samples"], runs["seed"], strict=True)]
+    table = study.table(runs, statistics(runs), "direct", "vae").set_index("point")
+    reaches = {m: table.loc[f"model.z_dim=20,fits.direct.mc_samples={m}", "reaches_baseline"] for m in gaps}
+    assert reaches == {16: False, 64: True, 256: True}
+
+
+def test_the_study_draws_only_what_the_runs_measured():
+    runs = _synthetic_sweep().drop(columns=["rate.direct", "rate_minus_log_m.direct"])  # evaluate.anatomy: false
+    runs.attrs["labels"] = {k: v for k, v in runs.attrs["labels"].items() if k in runs}
+    table = study.table(runs, statistics(runs), "direct", "vae")
+    assert table["rate_minus_log_m"].isna().all() and study.fit_line(table) is None
+    figures = study.figures(runs, table, ["model.z_dim", "fits.direct.mc_samples"], "direct", "vae")
+    assert list(figures) == ["gap_vs_log_m"]  # nothing to plot against a rate nobody measured
+    study.close(figures["gap_vs_log_m"])
+    failed = _synthetic_sweep().assign(**{"ais.gap": math.nan})  # every AIS failed: no point has a gap
+    empty = study.table(failed, statistics(failed), "direct", "vae")
+    assert empty.empty and study.figures(failed, empty, [], "direct", "vae") == {}
+    md = "\n".join(study.markdown(empty, "direct", "vae"))
+    assert "Too few grid points" in md

@@ -36,8 +36,12 @@ class RunRecords:
 
     def draws(self, fit: str) -> int | None:
         """M, the prior draws of a direct fit's objective (None for a fit of another kind)."""
+        from latentfit.core.config import DirectFitParams
+
         entry = (self.params.get("fits") or {}).get(fit) or {}
-        return int(entry["mc_samples"]) if entry.get("kind") == "direct" and "mc_samples" in entry else None
+        if entry.get("kind") != "direct":
+            return None
+        return int(entry.get("mc_samples", DirectFitParams.mc_samples))  # a params.yaml without it: the default
 
     def derived(self, rate: dict[str, float]) -> dict[str, tuple[str, float]]:
         """The study's columns of this run, name -> (label, value): per direct fit log M and its posterior rate
@@ -70,12 +74,14 @@ def read_records(repo: Path, rev: str) -> RunRecords:
         if history is not None:
             import pandas as pd
 
-            times.append(StageTime(f"train@{fit}", float(pd.read_csv(io.StringIO(history))["seconds"].sum()),
-                                   _digest(history)))
+            epochs = pd.read_csv(io.StringIO(history))
+            if "seconds" in epochs:
+                times.append(StageTime(f"train@{fit}", float(epochs["seconds"].sum()), _digest(history)))
         for block in BLOCKS:
             part = _read(fs, f"evaluation/{fit}/{block}/part.json")
-            if part is not None:
-                times.append(StageTime(f"{block}@{fit}", float(json.loads(part)["seconds"]), _digest(part)))
+            seconds = json.loads(part).get("seconds") if part is not None else None
+            if seconds is not None:
+                times.append(StageTime(f"{block}@{fit}", float(seconds), _digest(part)))
     return RunRecords(params, times)
 
 

@@ -181,13 +181,20 @@ def summarize(repo: Path, name: str, parent_run: str | None = None, tracking_uri
     fits = list(next(iter(records.values())).params.get("fits") or {}) if records else []
     baseline = baseline_of(fits) if fits else BASELINE
     sections, drawn = [], []
-    for fit in study.direct_fits(runs):
+    direct = study.direct_fits(runs)
+    for fit in direct:
         table = study.table(runs, stats, fit, baseline)
+        if table.empty:  # no grid point with a gap (every run's AIS failed): nothing to study
+            continue
         sections += study.markdown(table, fit, baseline)
-        for figure_name, fig in study.figures(runs, table, keys, fit, baseline).items():
-            drawn.append(out / f"{'' if len(study.direct_fits(runs)) == 1 else fit + '_'}{figure_name}.png")
-            save_figure(drawn[-1], fig)
-            study.close(fig)
+        figures = study.figures(runs, table, keys, fit, baseline)
+        try:
+            for figure_name, fig in figures.items():
+                drawn.append(out / f"{'' if len(direct) == 1 else fit + '_'}{figure_name}.png")
+                save_figure(drawn[-1], fig)
+        finally:
+            for fig in figures.values():
+                study.close(fig)
     write_text(md, markdown(name, plan["commit"], runs, stats, len(plan["runs"]), sections, stage_costs(records)))
     write_text(csv, stats.to_csv(index=False))
     write_text(out / "runs.csv", runs.to_csv(index=False))
