@@ -2,7 +2,9 @@
 instance and on a two-node Ray cluster (ray.cluster_utils.Cluster, two machines simulated on this one)
 that exchanges experiments through a bare git repository and a local-directory DVC remote."""
 
+import io
 import json
+import math
 import os
 import re
 import shutil
@@ -13,10 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import dvc.api
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 from latentfit.sweep.driver import Options, SweepError, sweep
@@ -139,6 +143,21 @@ def test_a_local_sweep_lands_every_run_in_dvc_and_mlflow_with_seed_statistics(re
     md = (repo.path / "metrics/sweeps/lr/summary.md").read_text()
     assert "## fits.vae.lr=0.003 (seeds 0, 1)" in md and "is better by" in md
     assert (repo.path / "metrics/sweeps/lr/summary.png").stat().st_size > 10_000
+
+    # the study's columns come from each experiment's own params and records
+    per_run = pd.read_csv(repo.path / "metrics/sweeps/lr/runs.csv").set_index("run")
+    draws = yaml.safe_load((repo.path / "params.yaml").read_text())["fits"]["direct"].get("mc_samples", 64)
+    head = repo.run("git", "rev-parse", "HEAD").strip()
+    for name in names:
+        history = pd.read_csv(io.StringIO(dvc.api.read("plots/train/direct.csv", repo=str(repo.path),
+                                                       rev=exp_ref(head, name))))
+        row = per_run.loc[name]
+        assert row["log_m.direct"] == pytest.approx(math.log(draws))
+        assert row["rate_minus_log_m.direct"] == pytest.approx(row["rate.direct"] - row["log_m.direct"])
+        assert row["train_seconds.direct"] == pytest.approx(history["seconds"].sum())
+    assert "## When does the direct fit work?" in md and "## What it cost" in md
+    assert "| train@direct " in md and "| likelihood@vae " in md
+    assert (repo.path / "metrics/sweeps/lr/gap_vs_log_m.png").stat().st_size > 10_000
 
     # the same command again runs nothing, and `latentfit sweep summary` writes the same numbers
     capsys.readouterr()

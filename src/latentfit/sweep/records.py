@@ -80,7 +80,7 @@ def read_records(repo: Path, rev: str) -> RunRecords:
         for block in BLOCKS:
             part = _read(fs, f"evaluation/{fit}/{block}/part.json")
             seconds = json.loads(part).get("seconds") if part is not None else None
-            if seconds is not None:
+            if part is not None and seconds is not None:
                 times.append(StageTime(f"{block}@{fit}", float(seconds), _digest(part)))
     return RunRecords(params, times)
 
