@@ -74,14 +74,15 @@ def test_runs_sharing_a_stage_wait_for_the_first_that_computes_it():
     runs = plan("g", ["model.z_dim=2,20", "fits.direct.mc_samples=16,64"], [0, 1], PARAMS)
     waits = leaders(runs, stage_params(ROOT))
     by_name = {r.name: r for r in runs}
+    assert set(waits) == set(by_name) and sum(map(bool, waits.values())) == 4  # M = 64 waits, for each z_dim and seed
     for name, before in waits.items():
         run = by_name[name]
         point = dict(run.point)
         if point["fits.direct.mc_samples"] == 16:
             assert before == [], name
         else:
+            assert len(before) == 1
             leader = by_name[before[0]]
-            assert before == [leader.name]
             assert dict(leader.point)["model.z_dim"] == point["model.z_dim"] and leader.seed == run.seed
     # seeds alone share only download and preprocess, which every run shares: nobody waits
     assert all(not w for w in leaders(plan("s", [], [0, 1, 2], PARAMS), stage_params(ROOT)).values())
@@ -237,7 +238,10 @@ def test_the_study_table_derives_rate_minus_log_m_and_fits_the_gap_on_it():
         assert p["rate_minus_log_m"] == pytest.approx(mine["rate_minus_log_m.direct"].mean())
     line = study.fit_line(table)
     assert line.points == 6 and line.slope == pytest.approx(2.0, abs=0.15) and line.r2 > 0.95
-    assert np.allclose(table["residual"], table["gap"] - line.intercept - line.slope * table["rate_minus_log_m"])
+    assert (line.slope, line.intercept) == tuple(pytest.approx(v) for v in np.polyfit(table["rate_minus_log_m"],
+                                                                                      table["gap"], 1))
+    residual, x = table["residual"], table["rate_minus_log_m"]  # least squares: residuals orthogonal to 1 and x
+    assert abs(residual.sum()) < 1e-9 and abs((residual * x).sum()) < 1e-9
     md = "\n".join(study.markdown(table, "direct", "vae"))
     assert md.count("| model.z_dim=") == 6 and "Least squares over the 6 points" in md
 

@@ -69,7 +69,8 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(x, tmp_path):
     history = ckpt.resume()
     assert history == [first]
     history += list(fit_vae(model, optimizer, x, epochs=3, batch_size=64, generator=g, start_epoch=1))
-    for got, want in zip(history, uninterrupted, strict=False):
+    assert len(history) == len(uninterrupted) == 3
+    for got, want in zip(history, uninterrupted, strict=True):
         assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
 
 

@@ -74,8 +74,9 @@ class Schedule:
 
     def likelihood_evaluations(self, chains: int) -> int:
         """Decoder passes per image (forward and backward each), pilot chains included: the cost axis
-        of the convergence figure."""
-        return (chains + self.pilots) * self.steps * self.leapfrog
+        of the convergence figure. One at the start, then `leapfrog` for each of the steps - 1 transitions
+        (the last distribution needs none)."""
+        return (chains + self.pilots) * (1 + (self.steps - 1) * self.leapfrog)
 
 
 class _Target:
