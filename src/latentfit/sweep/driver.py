@@ -123,7 +123,7 @@ def execute(sweep: Sweep, parent: str | None, progress: bool = True) -> list[Out
                 bar.update(1)
             failed = sum(not x.ok for x in outcomes)
             state = f"done {len(outcomes) - failed}, running {len(running)}, failed {failed}"
-            state += f"; longest: {slowest(running, 1).rsplit(' (', 1)[0]}" if running else ""  # minutes: in each landed line
+            state += f"; longest: {min(running, key=running.__getitem__)}" if running else ""  # its minutes: each landed line
             if state != shown:  # redraw on a change only: a log file gets a line per change
                 bar.set_postfix_str(shown := state)
     except KeyboardInterrupt:

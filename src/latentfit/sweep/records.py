@@ -1,6 +1,6 @@
-"""What a landed run records beside its comparison, read from its experiment alone: the params it ran with (the
-experiment commit's params.yaml) and each per-fit stage's time (the training history's per-epoch seconds,
-the evaluation blocks' `part.json`), through DVC's file system at the experiment's ref."""
+"""What a landed run records, read from its experiment alone through one DVC file system at its ref: its comparison
+(the final stage's numbers), the params it ran with (the experiment commit's params.yaml) and each per-fit stage's
+time (the training history's per-epoch seconds, the evaluation blocks' `part.json`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import yaml
 from latentfit.sweep.repo import git
 
 BLOCKS = ("likelihood", "anatomy", "structure", "figure_data")  # the per-fit evaluation stages with a part.json
+DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class StageTime:
 class RunRecords:
     params: dict[str, Any]
     times: list[StageTime] = field(default_factory=list)
+    comparison: dict[str, Any] = field(default_factory=dict)  # its DETAILS ({} if it has none)
 
     def draws(self, fit: str) -> int | None:
         """M, the prior draws of a direct fit's objective (None for a fit of another kind)."""
@@ -82,7 +84,8 @@ def read_records(repo: Path, rev: str) -> RunRecords:
             seconds = json.loads(part).get("seconds") if part is not None else None
             if part is not None and seconds is not None:
                 times.append(StageTime(f"{block}@{fit}", float(seconds), _digest(part)))
-    return RunRecords(params, times)
+    comparison = _read(fs, DETAILS)
+    return RunRecords(params, times, json.loads(comparison) if comparison else {})
 
 
 def _read(fs, path: str) -> str | None:

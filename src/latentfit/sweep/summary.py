@@ -20,10 +20,9 @@ from latentfit.evaluation.schema import Details, Interval, fmt, interval, summar
 from latentfit.sweep import study
 from latentfit.sweep.grid import point_label
 from latentfit.sweep.records import RunRecords, read_records, stage_costs
-from latentfit.sweep.repo import exp_ref, landed, read_json
+from latentfit.sweep.repo import exp_ref, landed
 from latentfit.sweep.spec import reported
 
-DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
 def seed_statistics(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation and the 95% t-interval of the mean over seeds (NaN with one seed)."""
@@ -44,15 +43,14 @@ def run_metrics(repo: Path, commit: str, plan: dict[str, Any]) -> tuple[pd.DataF
     for run in plan["runs"]:
         if run["name"] not in present:
             continue
-        ref = exp_ref(commit, run["name"])
-        found = read_json(repo, ref, DETAILS)
+        records[run["name"]] = read_records(repo, exp_ref(commit, run["name"]))
+        found = records[run["name"]].comparison
         details = Details.from_dict(found) if found else None
         row = {"run": run["name"], "point": point_label(run["point"].items()), **run["point"], "seed": run["seed"]}
         if details is not None:
             for metric, (text, read) in summary_metrics(details).items():
                 value = read(details)
                 row[metric], labels[metric] = math.nan if value is None else float(value), text
-        records[run["name"]] = read_records(repo, ref)
         rate = {fit: row[f"rate.{fit}"] for fit in records[run["name"]].params.get("fits") or {}
                 if not math.isnan(row.get(f"rate.{fit}", math.nan))}
         for metric, (text, value) in records[run["name"]].derived(rate).items():
