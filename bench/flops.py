@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from bench import cpu_name
 from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
 from latentfit.inference.ais import Schedule, ais_log_prob
 from latentfit.model.networks import VAE, Decoder
@@ -146,16 +146,6 @@ def busy_seconds() -> float:
     return (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (as bench.py's cpu_name, which is not imported: bench.py pulls in
-    more of latentfit than this benchmark needs)."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def measure(work: list[Workload], threads: list[int], repeat: int) -> tuple[dict, dict]:
     """Best seconds per (workload name, threads) call and per (shape, threads) product, rounds alternating."""
     shapes = sorted({s for w in work for s in w.shapes} | {PEAK})
@@ -229,7 +219,7 @@ def main() -> None:
     calls, products = measure(work, threads, args.repeat)
     others = (busy_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - start)
     torch.set_num_threads(default)
-    header = (f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+    header = (f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
               f"(BLAS: {'MKL' if torch.backends.mkl.is_available() else 'not MKL'}), threads {threads} "
               f"(torch's default: {default}), float32; other processes kept {max(others, 0):.2f} cores busy "
               "during the run, on average.\n"

@@ -8,8 +8,6 @@ from __future__ import annotations
 BASELINE = "vae"  # every gap is `fit - baseline`, per image: positive means the baseline's decoder is better
 CHALLENGER = "direct"  # the gap the headline calls `ais.gap`; any other fit's is `ais.gap_<name>`
 LABELS = {"vae": "VAE", "direct": "direct fit"}  # the notebook's two fits; any other is called by its name
-METHODS = {"vae": "ELBO (or IWAE bound) with an amortised Gaussian encoder",
-           "direct": "Monte Carlo marginal likelihood with M prior draws"}  # by kind
 
 
 def label(name: str) -> str:

@@ -15,7 +15,7 @@ from latentfit.core.config import DirectFitParams, ModelParams, VaeFitParams
 from latentfit.core.errors import ParamsError
 from latentfit.fitting.loops import fit_direct, fit_vae, make_optimizer
 from latentfit.model.files import model_file
-from latentfit.model.networks import VAE, Decoder
+from latentfit.model.networks import PIXELS, VAE, Decoder
 from latentfit.model.registry import log_direct, log_training_data, log_vae
 
 
@@ -83,13 +83,13 @@ def train_direct(fit: str, p: DirectFitParams, m: ModelParams, x: torch.Tensor, 
 FLOAT = 4  # bytes
 
 
-def batch_bytes(p: VaeFitParams | DirectFitParams, m: ModelParams, pixels: int = 784) -> tuple[str, int, int]:
+def batch_bytes(p: VaeFitParams | DirectFitParams, m: ModelParams) -> tuple[str, int, int]:
     """The param that scales a training step's memory, its value, and the bytes one step keeps for its backward
     pass (an estimate: the k or M decoded images' logits and their loss's intermediates, the hidden layer)."""
     if isinstance(p, VaeFitParams):  # k draws per image: k x batch rows through the decoder
-        return "iwae_k", p.iwae_k, FLOAT * p.batch_size * (4 * pixels + 3 * m.hidden + 4 * m.z_dim)
+        return "iwae_k", p.iwae_k, FLOAT * p.batch_size * (4 * PIXELS + 3 * m.hidden + 4 * m.z_dim)
     # M prior draws shared by the batch: M decoded images, and a batch x M matrix of log-likelihoods
-    return "mc_samples", p.mc_samples, FLOAT * (4 * pixels + 3 * m.hidden + 3 * p.batch_size)
+    return "mc_samples", p.mc_samples, FLOAT * (4 * PIXELS + 3 * m.hidden + 3 * p.batch_size)
 
 
 def check_memory(fit: str, p: VaeFitParams | DirectFitParams, m: ModelParams, available: int) -> None:

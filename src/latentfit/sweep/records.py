@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from latentfit.evaluation.merge import BLOCKS as SCORED
 from latentfit.sweep.repo import git
 
-BLOCKS = ("likelihood", "anatomy", "structure", "figure_data")  # the per-fit evaluation stages with a part.json
+BLOCKS = (*SCORED, "figure_data")  # the per-fit evaluation stages with a part.json: the scored ones and the figures'
 DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
 
