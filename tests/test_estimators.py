@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentfit.inference import ais
-from latentfit.inference.ais import Schedule, _Target, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
+from latentfit.inference.ais import DecoderLikelihood, Schedule, ais_log_prob, bdmc, reverse_ais_log_prob, simulate
 from latentfit.inference.estimators import iwae_log_prob, iwae_nll, prior_mc_curve, vae_elbo
 from latentfit.model.likelihood import mc_marginal_log_prob, pairwise_bernoulli_log_prob, standard_normal_log_prob
 from latentfit.model.networks import VAE
@@ -82,7 +82,7 @@ SMALL = Schedule(steps=500, leapfrog=5, beta_min=1e-3)
 def test_ais_target_gradient_matches_autograd():
     model, y = small_model(2)
     z = torch.randn(len(y), 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
-    logl, grad = _Target(model.decoder, y)(z.detach())
+    logl, grad = DecoderLikelihood(model.decoder, y)(z.detach())
     reference = pairwise_bernoulli_log_prob(y, model.decoder(z)).diagonal()
     (expected,) = torch.autograd.grad(reference.sum(), z)
     torch.testing.assert_close(logl, reference.detach())
@@ -230,9 +230,9 @@ def test_the_training_iwae_bound_rises_with_k_towards_the_quadrature_log_likelih
 def test_the_ais_cost_axis_counts_the_decoder_passes_it_makes(monkeypatch, steps):
     model, _ = small_model(2)
     passes = []
-    call, gradient = ais._Target.__call__, ais._Target.gradient
-    monkeypatch.setattr(ais._Target, "__call__", lambda self, z: passes.append(len(z)) or call(self, z))
-    monkeypatch.setattr(ais._Target, "gradient", lambda self, z: passes.append(len(z)) or gradient(self, z))
+    call, gradient = ais.DecoderLikelihood.__call__, ais.DecoderLikelihood.gradient
+    monkeypatch.setattr(ais.DecoderLikelihood, "__call__", lambda self, z: passes.append(len(z)) or call(self, z))
+    monkeypatch.setattr(ais.DecoderLikelihood, "gradient", lambda self, z: passes.append(len(z)) or gradient(self, z))
     schedule = Schedule(steps=steps, leapfrog=3)
     y, _ = simulate(model.decoder, 2, torch.Generator().manual_seed(0))
     ais_log_prob(model.decoder, y, chains=4, schedule=schedule, generator=torch.Generator())

@@ -122,6 +122,38 @@ def test_the_optimised_gaussian_reaches_the_brute_force_optimum(d, full):
         assert gaussian_elbo(decoder, y, fit, eps)["elbo"].item() == pytest.approx(ours, abs=0.05)
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_the_written_out_gradient_takes_autograds_steps_image_by_image(full):
+    """optimise_gaussian's Adam steps, on several images with several draws each, are those of autograd
+    through the decoder on the loss it describes: sum over images of E_q[-log p(y | z)] + KL(q || p)."""
+    from latentfit.model.likelihood import bernoulli_log_prob
+
+    decoder, d, samples = small_decoder(3, seed=2, pixels=30), 3, 4
+    y = torch.cat([image_of(decoder, seed=s) for s in range(5)])
+    g = torch.Generator().manual_seed(0)
+    start = GaussianFit(torch.randn(5, d, generator=g, dtype=torch.float64),
+                        torch.diag_embed(torch.rand(5, d, generator=g, dtype=torch.float64) + 0.3))
+    ours = optimise_gaussian(decoder, y, start, full=full, steps=25, samples=samples, lr=0.05,
+                             generator=torch.Generator().manual_seed(1))
+    mu, log_diag = start.mu.clone().requires_grad_(), start.scale_tril.diagonal(dim1=1, dim2=2).log().requires_grad_()
+    lower = torch.zeros(5, d, d, dtype=torch.float64, requires_grad=full)
+    optimizer = torch.optim.Adam([mu, log_diag, *([lower] if full else [])], lr=0.05)
+    schedule, g = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 25), torch.Generator().manual_seed(1)
+    for _ in range(25):
+        q = GaussianFit(mu, torch.diag_embed(log_diag.exp()) + (torch.tril(lower, -1) if full else 0))
+        eps = torch.randn(samples, 5, d, generator=g, dtype=torch.float64)
+        loss = (-bernoulli_log_prob(y, decoder(q.sample(eps))).mean(0) + q.kl()).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    tril = torch.diag_embed(log_diag.exp()) + (torch.tril(lower, -1) if full else 0)
+    torch.testing.assert_close(ours.mu, mu.detach())
+    torch.testing.assert_close(ours.scale_tril, tril.detach())
+    assert not torch.equal(ours.mu, start.mu)  # it moved
+    assert all(p.requires_grad for p in decoder.parameters())  # and left the decoder as it found it
+
+
 def test_a_full_covariance_gaussian_beats_a_diagonal_one_on_a_correlated_posterior():
     decoder, quad = small_decoder(2, seed=7), Quadrature(2)
     y = image_of(decoder, seed=3)

@@ -124,6 +124,18 @@ def test_the_record_says_which_device_and_torch():
     assert auto.type == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
 
 
+@pytest.mark.parametrize(("cuda", "mps", "auto"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu_and_an_absent_device_is_an_error(monkeypatch, cuda, mps, auto):
+    from latentfit.core.errors import ParamsError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto").type == auto and pick_device("cpu").type == "cpu"
+    for absent in [name for name, there in (("cuda", cuda), ("mps", mps)) if not there]:
+        with pytest.raises(ParamsError, match=f"no {absent}; set device: auto or cpu"):
+            pick_device(absent)
+
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -37,6 +37,21 @@ def test_two_stages_side_by_side_take_half_the_cores_each(registry):
         neighbour.kill()
 
 
+def test_the_share_is_the_cores_over_the_stages_and_never_zero(registry, monkeypatch):
+    """On 8 cores three stages get 2 threads each; on 3 cores 1 each; on 1 core still 1, not 0."""
+    neighbours = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        with runtime.registered():
+            for pid in (n.pid for n in neighbours):
+                (registry / str(pid)).touch()
+            for cores, threads in ((8, 2), (3, 1), (1, 1)):
+                monkeypatch.setattr(runtime, "machine_cores", lambda cores=cores: cores)
+                assert runtime.share_cpus() == threads == torch.get_num_threads()
+    finally:
+        for n in neighbours:
+            n.kill()
+
+
 def test_latentfit_threads_overrides_the_share(registry, monkeypatch):
     monkeypatch.setenv("LATENTFIT_THREADS", "1")
     assert runtime.share_cpus() == 1 == torch.get_num_threads()

@@ -79,7 +79,7 @@ class Schedule:
         return (chains + self.pilots) * (1 + (self.steps - 1) * self.leapfrog)
 
 
-class _Target:
+class DecoderLikelihood:
     """log p(y | z) and its gradient in z for a batch of rows (one image per row).
 
     Written out for f(z) = B ReLU(A z + a) + b rather than through autograd: the gradient is
@@ -111,7 +111,7 @@ class _Target:
         return logits, (residual @ self.w2).mul_(pre > 0) @ self.w1
 
 
-def _hmc(target: _Target, z, logl, grad, beta: float, step: torch.Tensor, leapfrog: int,
+def _hmc(target: DecoderLikelihood, z, logl, grad, beta: float, step: torch.Tensor, leapfrog: int,
          generator: torch.Generator):
     """One HMC transition invariant to pi_beta, row by row (`step`: one step size per row).
 
@@ -160,7 +160,7 @@ def _anneal(decoder: Decoder, y: torch.Tensor, z: torch.Tensor, betas: list[floa
     rows, n = chains + pilots, len(y)
     if kernels is not None and len(kernels) != max(len(betas) - 2, 0):
         raise ValueError(f"{len(kernels)} step sizes for the {max(len(betas) - 2, 0)} transitions of this path")
-    target = _Target(decoder, y.repeat(rows, 1))
+    target = DecoderLikelihood(decoder, y.repeat(rows, 1))
     logl, grad = target(z)
     log_step = torch.full((n,), math.log(step), device=z.device, dtype=z.dtype)
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from latentfit.core.stats import host
+from latentfit.inference.ais import DecoderLikelihood
 from latentfit.model.likelihood import bernoulli_log_prob, pairwise_bernoulli_log_prob
 from latentfit.model.networks import Decoder
 
@@ -71,10 +72,11 @@ def optimise_gaussian(decoder: Decoder, y: torch.Tensor, start: GaussianFit, *, 
                       samples: int, lr: float, generator: torch.Generator) -> GaussianFit:
     """The Gaussian that maximises each image's ELBO, by Adam on reparameterised draws (`samples` per
     image per step, step size `lr` annealed to 0 on a cosine), from `start` (the encoder's q).
-    Diagonal covariance, or full when `full`."""
+    Diagonal covariance, or full when `full`. The reconstruction term's gradient in each draw z is
+    written out (DecoderLikelihood, as AIS uses it) and only z = mu + L eps and the KL go through autograd:
+    the steps need no log-likelihood value (no softplus pass) and no graph through the decoder. A test
+    checks its steps against autograd's."""
     decoder.eval()
-    frozen = [p.requires_grad for p in decoder.parameters()]
-    decoder.requires_grad_(False)
     d = start.mu.shape[-1]
     mu = start.mu.detach().clone().requires_grad_()
     log_diag = start.scale_tril.diagonal(dim1=-2, dim2=-1).log().detach().clone().requires_grad_()
@@ -85,22 +87,21 @@ def optimise_gaussian(decoder: Decoder, y: torch.Tensor, start: GaussianFit, *, 
         tril = torch.diag_embed(log_diag.exp())
         return GaussianFit(mu, tril + lower * mask if full else tril)
 
+    target = DecoderLikelihood(decoder, y.repeat(samples, 1))  # row s * B + b: draw s of image b
     optimizer = torch.optim.Adam([mu, log_diag, *([lower] if full else [])], lr=lr)
     # the step size anneals to 0, so the last iterate settles at the optimum instead of jittering around it
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-    try:
-        for _ in range(steps):
-            q = current()
-            eps = torch.randn(samples, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            rec = -bernoulli_log_prob(y, decoder(q.sample(eps))).mean(0)
-            loss = (rec + q.kl()).sum()  # images are independent: the sum's gradient is each image's own
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    finally:
-        for p, flag in zip(decoder.parameters(), frozen, strict=True):
-            p.requires_grad_(flag)
+    for _ in range(steps):
+        q = current()
+        eps = torch.randn(samples, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = q.sample(eps)
+        with torch.no_grad():  # d rec / dz for rec = -mean_s log p(y | z_s), each image's own
+            d_rec = target.gradient(z.detach().reshape(-1, d)).view_as(z).div_(-samples)
+        optimizer.zero_grad(set_to_none=True)
+        # the loss is the sum over images of rec + KL (images are independent: its gradient is each image's own)
+        torch.autograd.backward([z, q.kl().sum()], [d_rec, None])
+        optimizer.step()
+        schedule.step()
     q = current()
     return GaussianFit(q.mu.detach(), q.scale_tril.detach())
 
