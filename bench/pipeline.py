@@ -12,9 +12,10 @@ With `--baseline /path/to/other-clone` it times that clone's `dvc repro -f` too 
 params and data: today's main, say), and each `--experiment KEY=VALUE` (repeatable) then times `dvc exp run
 -S KEY=VALUE` from the full run's state (params.yaml, dvc.lock and the outputs put back before each): the
 stages it ran, its share of the full run, and whether every number of the fits it did not touch (their
-metrics/fits/<fit>/ files) stayed bit for bit.
+metrics/fits/<fit>/ files) stayed bit for bit. With `--repeat N` each clone's full run is timed N times,
+alternating between the clones, and the medians are compared: this VM's speed drifts by 10-25% over minutes.
 
-    python bench/pipeline.py --repo /path/to/clone --baseline /path/to/main-clone \
+    python bench/pipeline.py --repo /path/to/clone --baseline /path/to/main-clone --repeat 2 \
         --experiment visualize.tsne_perplexity=20 --experiment evaluate.gap_steps=100 \
         --experiment fits.direct.mc_samples=32 --out bench/results-pipeline-cpu.md
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -51,7 +53,8 @@ def repro(repo: Path) -> float:
 
 def fit_results(repo: Path) -> dict[str, bytes]:
     """Every file of every fit's results (metrics/fits/<fit>/), by path."""
-    return {str(f.relative_to(repo)): f.read_bytes() for f in sorted((repo / "metrics/fits").rglob("*")) if f.is_file()}
+    return {str(f.relative_to(repo)): f.read_bytes() for fit in sorted((repo / "metrics/fits").iterdir())
+            if fit.is_dir() for f in sorted(fit.rglob("*")) if f.is_file()}
 
 
 def experiment(repo: Path, change: str) -> tuple[float, list[str], str]:
@@ -85,13 +88,23 @@ def main() -> None:
     parser.add_argument("--baseline", help="another clone (another commit, same params): its `dvc repro -f` too")
     parser.add_argument("--experiment", metavar="KEY=VALUE", action="append", default=[],
                         help="then time `dvc exp run -S KEY=VALUE` from the full run's state (repeatable)")
+    parser.add_argument("--repeat", type=int, default=1, help="full runs of each clone, alternating (the median "
+                        "counts): this VM's speed drifts by 10-25%% over minutes")
     parser.add_argument("--out", help="write the Markdown result here too")
     args = parser.parse_args()
     repo = Path(args.repo).resolve()
     text = (repo / "params.yaml").read_text()
     params = yaml.safe_load(text)
-    pipeline = repro(repo)
-    baseline = repro(Path(args.baseline).resolve()) if args.baseline else None
+    runs: dict[str, list[float]] = {"repo": [], "baseline": []}
+    for _ in range(args.repeat):  # alternating, so a drift in the machine's speed reaches both alike
+        if args.baseline:
+            runs["baseline"].append(repro(Path(args.baseline).resolve()))
+        runs["repo"].append(repro(repo))  # last: the experiments start from this clone's full run
+    pipeline = statistics.median(runs["repo"])
+    baseline = statistics.median(runs["baseline"]) if args.baseline else None
+
+    def each(name: str) -> str:
+        return f" (median of {', '.join(f'{t:.0f}' for t in runs[name])})" if args.repeat > 1 else ""
 
     case_args = argparse.Namespace(data=str(repo / "data/prepared/train.pt"), device="cpu", threads=0, repeat=1)
     fits = params.get("fits") or {"vae": params["train_vae"], "direct": params["train_direct"]}  # or an older layout
@@ -101,14 +114,14 @@ def main() -> None:
     table = (f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores. Data: `{params['data']['dataset']}`.\n"
              f"Command: `python bench/pipeline.py {' '.join(sys.argv[1:])}`\n\n"
              "| what | seconds |\n|---|---|\n"
-             f"| `dvc repro -f`, every stage | {pipeline:.0f} |\n"
-             + (f"| `dvc repro -f` of the baseline clone ({commit(Path(args.baseline))}) | {baseline:.0f} |\n"
-                if baseline is not None else "")
+             f"| `dvc repro -f`, every stage{each('repo')} | {pipeline:.0f} |\n"
+             + (f"| `dvc repro -f` of the baseline clone ({commit(Path(args.baseline))}){each('baseline')} | "
+                f"{baseline:.0f} |\n" if baseline is not None else "")
              + "".join(f"| notebook loop: {epochs[c]} x one `{c}` | {s:.0f} |\n" for c, s in loops.items())
              + f"| notebook's two training loops | {notebook:.0f} |\n\n"
-             f"The whole pipeline takes {pipeline / notebook:.2f} of the notebook's two training loops "
-             f"(1/{notebook / pipeline:.1f})"
-             + (f"; the baseline's {baseline / notebook:.2f} (1/{notebook / baseline:.1f})" if baseline else "") + ".\n")
+             f"The whole pipeline takes {pipeline / notebook:.2f} of the notebook's two training loops"
+             + (f"; the baseline's {baseline / notebook:.2f}. This clone against the baseline: "
+                f"{pipeline / baseline:.2f}" if baseline else "") + ".\n")
     if args.experiment:
         table += (f"\n| experiment, from the full run | ran | seconds | of the full run | untouched fits bit for bit |\n"
                   f"|---|---|---|---|---|\n| `dvc repro -f` | every stage | {pipeline:.0f} | 1.00 | |\n")

@@ -1,8 +1,10 @@
-"""Stage `evaluate@<fit>`: the fit's results, merged from its evaluation blocks (likelihood, anatomy,
-structure) into metrics/fits/<fit>/: scores.json (every number), images.csv (one row per image), and its
-curves; and the fit's whole evaluation as one MLflow run (its numbers, its post-hoc encoder's epochs, each
-block's seconds, where it ran). Runs no model, reads no param: `dvc repro evaluate` runs every fit's blocks
-and this."""
+"""Stage `evaluate@<fit>`: the fit's anatomy (why one decoder wins: its inference gaps, the exact posterior's
+rate and distortion, how far its importance weights can be trusted, a direct fit's mixture) and the
+structure of what it learnt (denoising noisy test images, the classes in its latent space, its samples'
+Frechet distance), both from its likelihood block; then the fit's results, merged from every part into
+metrics/fits/<fit>/: scores.json (every number), images.csv (one row per image), its curves; and the fit's
+whole evaluation as one MLflow run (its numbers, its post-hoc encoder's epochs, each part's seconds, where
+it ran). `dvc repro evaluate` runs every fit's likelihood block and this."""
 
 import json
 import sys
@@ -10,26 +12,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's latentfit, not an installed one
 
-from latentfit.core.config import load_params, to_flat_dict
+from latentfit.core.config import to_flat_dict
 from latentfit.core.errors import DataError
 from latentfit.core.io import atomic_dir, file_md5, write_json, write_table
-from latentfit.core.runtime import fit_argument, stage_main
+from latentfit.core.runtime import stage_main
 from latentfit.core.tracking import stage_run
+from latentfit.evaluation.anatomy import anatomy_part
+from latentfit.evaluation.blocks import open_block, run_part
 from latentfit.evaluation.merge import merge
+from latentfit.evaluation.structure import structure_part
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
-READS = ()
+READS = ("evaluate.seed", "evaluate.anatomy", "evaluate.gap_train_images", "evaluate.gap_steps", "evaluate.gap_samples",
+         "evaluate.gap_lr", "evaluate.gap_full_covariance", "evaluate.gap_eval_samples", "evaluate.ais_images",
+         "evaluate.ais_chains", "evaluate.ais_steps", "evaluate.ais_leapfrog", "evaluate.ais_beta_min",
+         "evaluate.ais_batch_size", "evaluate.prior_mc_samples", "evaluate.iwae_samples",
+         "evaluate.denoise_images", "evaluate.flip_probs", "evaluate.search_candidates", "evaluate.knn_neighbours",
+         "evaluate.silhouette_points", "evaluate.fid_samples", "device")
 
 EVALUATION, RESULTS, IDENTITY = Path("evaluation"), Path("metrics/fits"), Path("data/prepared/identity.json")
 
 
 @stage_main("evaluate")
 def main() -> None:
-    full = load_params()
-    fit, stage = fit_argument("evaluate", full.fits)
-    params = full.reading(READS, stage)
     if not IDENTITY.is_file():
         raise DataError(f"{IDENTITY} is missing: run `dvc repro preprocess` (it records what the data are)")
+    work, stage = open_block("evaluate", READS)
+    for part, compute in (("anatomy", anatomy_part), ("structure", structure_part)):
+        run_part(work, part, compute)
+    fit, params = work.name, work.params
     merged = merge(EVALUATION, fit, file_md5(f"models/{fit}.pt"), json.loads(IDENTITY.read_text()))
     ran_on = merged.scores.ran_on
     where = {k: v for k, v in vars(ran_on).items() if k != "trained_on"} if ran_on else {}

@@ -1,5 +1,6 @@
-"""One fit's evaluation in-process, as DVC would run it: each block stage's `compute` (stages/<block>.py) on a
-Block, its part written under `workdir/evaluation/<fit>/<block>/`, then merged as `evaluate@<fit>` does."""
+"""One fit's evaluation in-process, as DVC would run it: each part's compute (likelihood@<fit>'s and
+figure_data@<fit>'s from their stage scripts, the anatomy's and structure's that evaluate@<fit> runs) on a
+Block, its part written under `workdir/evaluation/<fit>/<part>/`, then merged as `evaluate@<fit>` does."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 
 from latentfit.core.config import THREADS_ENV, Params
+from latentfit.evaluation import structure
+from latentfit.evaluation.anatomy import anatomy_part
 from latentfit.evaluation.blocks import Block, part_dir, write_part
 from latentfit.evaluation.merge import merge
 from latentfit.evaluation.schema import FitScores
+from latentfit.evaluation.structure import structure_part
 from latentfit.model.files import FitModel
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = ("likelihood", "anatomy", "structure", "figure_data")  # in the order DVC runs them
+STAGED = ("likelihood", "figure_data")  # the parts whose stage is theirs alone (stages/<part>.py: compute)
 
 
 def stage_module(block: str) -> Any:
@@ -32,8 +37,9 @@ def stage_module(block: str) -> Any:
     return module
 
 
-STAGES = {block: stage_module(block) for block in BLOCKS}
-COMPUTE = {block: module.compute for block, module in STAGES.items()}
+STAGES = {block: stage_module(block) for block in STAGED}
+COMPUTE = {"likelihood": STAGES["likelihood"].compute, "anatomy": anatomy_part, "structure": structure_part,
+           "figure_data": STAGES["figure_data"].compute}  # in the order DVC runs them
 
 
 @contextlib.contextmanager
@@ -67,10 +73,10 @@ class Evaluated:
 def evaluate_fit(fit: FitModel, train: dict, test: dict, params: Params, workdir: Path, *, classifier: Any,
                  reference: Any, logged: list[str] | None = None) -> Evaluated:
     workdir.mkdir(parents=True, exist_ok=True)
-    STAGES["structure"].load_classifier = lambda path, device: (classifier, reference)  # the reference stage's
-    with inside(workdir):
+    # the reference stage's classifier, given rather than read from models/classifier.pt
+    with inside(workdir), mock.patch.object(structure, "load_classifier", lambda path, device: (classifier, reference)):
         block = Block(fit.name, fit, train, test, params)
-        for name in BLOCKS:
+        for name in COMPUTE:
             start, block.epochs = time.perf_counter(), []
             write_part(part_dir(fit.name, name), COMPUTE[name](block), time.perf_counter() - start,
                        {"device": "cpu", "device_name": "cpu", "torch": "test"}, block.epochs)

@@ -38,10 +38,9 @@ def test_a_stage_reading_an_undeclared_param_fails_naming_it():
             read()
 
 
-EVERY = {"download", "preprocess", "train", "reference", "likelihood", "anatomy", "structure", "figure_data", "evaluate",
-         "visualize"}
-BLOCKS = {"likelihood", "anatomy", "structure", "figure_data"}  # a fit's evaluation, block by block
-SCORED = {"likelihood", "anatomy", "structure"}  # the blocks whose numbers are the fit's scores
+EVERY = {"download", "preprocess", "train", "reference", "likelihood", "figure_data", "evaluate", "visualize"}
+BLOCKS = {"likelihood", "figure_data", "evaluate"}  # a fit's evaluation, stage by stage
+SCORED = {"likelihood", "evaluate"}  # the stages whose numbers are the fit's scores (evaluate@<fit> merges them)
 # Where code lives decides what re-runs: each module, and the stages whose code it is. A module that
 # reaches more stages than this re-runs stages it cannot affect; a new module must say where it belongs.
 MODEL = {"train", "reference", "visualize"} | BLOCKS  # visualize: through the registry's models
@@ -49,9 +48,9 @@ INTENDED = {
     "__init__.py": EVERY,
     # core: every stage's runtime, params, files and tracking; statistics where numbers are compared
     **{f"core/{m}.py": EVERY for m in ("__init__", "config", "errors", "io", "runtime")},
-    "core/tracking.py": EVERY - BLOCKS,  # a block opens no MLflow run: evaluate@<fit> logs the fit's evaluation
-    "core/stats.py": {"reference", "evaluate", "visualize"} | SCORED,
-    "core/fits.py": {"train", "reference", "evaluate", "visualize"} | SCORED,  # labels, registry names
+    "core/tracking.py": EVERY - {"likelihood", "figure_data"},  # evaluate@<fit> logs the fit's evaluation
+    "core/stats.py": {"reference", "visualize"} | SCORED,
+    "core/fits.py": {"train", "reference", "visualize"} | SCORED,  # labels, registry names
     # data
     "data/__init__.py": {"download", "preprocess"}, "data/sources.py": {"download"},
     "data/idx.py": {"download", "preprocess"}, "data/prepare.py": {"preprocess"},
@@ -65,17 +64,17 @@ INTENDED = {
     "fitting/checkpoint.py": {"train"}, "fitting/train.py": {"train"},
     "fitting/posthoc.py": {"reference"} | BLOCKS,  # the feature classifier, the post-hoc encoders
     # inference: the math on a fitted decoder, each where its block runs it
-    "inference/__init__.py": BLOCKS, "inference/ais.py": {"likelihood", "anatomy"},
-    "inference/estimators.py": {"likelihood", "anatomy"}, "inference/diagnostics.py": {"anatomy"},
-    "inference/reconstruct.py": {"anatomy", "structure", "figure_data"},
-    # evaluation: a module per block, the blocks' shared plumbing, the merge, the comparison
-    "evaluation/__init__.py": {"reference", "evaluate", "visualize"} | BLOCKS,
+    "inference/__init__.py": BLOCKS, "inference/ais.py": {"likelihood", "evaluate"},
+    "inference/estimators.py": {"likelihood", "evaluate"}, "inference/diagnostics.py": {"evaluate"},
+    "inference/reconstruct.py": {"evaluate", "figure_data"},
+    # evaluation: a module per part, the parts' shared plumbing, the merge, the comparison
+    "evaluation/__init__.py": {"reference", "visualize"} | BLOCKS,
     "evaluation/reference.py": {"reference"} | SCORED,  # the data's own numbers; the Frechet distance
-    "evaluation/schema.py": {"reference", "evaluate", "visualize"} | SCORED,
-    "evaluation/metrics.py": {"reference", "evaluate", "visualize"} | SCORED,  # the registry the schema reads
-    "evaluation/anatomy_records.py": {"reference", "evaluate", "visualize"} | SCORED,
-    "evaluation/blocks.py": BLOCKS, "evaluation/likelihoods.py": {"likelihood", "anatomy"},
-    "evaluation/anatomy.py": {"anatomy"}, "evaluation/structure.py": {"structure"},
+    "evaluation/schema.py": {"reference", "visualize"} | SCORED,
+    "evaluation/metrics.py": {"reference", "visualize"} | SCORED,  # the registry the schema reads
+    "evaluation/anatomy_records.py": {"reference", "visualize"} | SCORED,
+    "evaluation/blocks.py": BLOCKS, "evaluation/likelihoods.py": {"likelihood", "evaluate"},
+    "evaluation/anatomy.py": {"evaluate"}, "evaluation/structure.py": {"evaluate"},
     "evaluation/merge.py": {"evaluate"}, "evaluation/compare.py": {"visualize"},
     "evaluation/across.py": set(),  # `latentfit compare`, between runs: no stage
     # visualize: the figure arrays are computed where the fit's model is loaded (figure_data@<fit>)
@@ -92,8 +91,8 @@ def test_every_per_fit_stage_iterates_over_params_fits():
     """A fit is a params.yaml entry alone: every per-fit stage is a `foreach: ${fits}` group, and the final stage
     reads every fit's results through their parent directories, so no fit is named in dvc.yaml."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert {name for name, stage in stages.items() if "foreach" in stage} == {"train", "evaluate"} | BLOCKS
-    assert all(stages[name]["foreach"] == "${fits}" for name in {"train", "evaluate"} | BLOCKS)
+    assert {name for name, stage in stages.items() if "foreach" in stage} == {"train"} | BLOCKS
+    assert all(stages[name]["foreach"] == "${fits}" for name in {"train"} | BLOCKS)
     assert {"metrics/fits", "evaluation", "plots/train"} <= set(stages["visualize"]["deps"])
     text = yaml.safe_dump(yaml.safe_load((ROOT / "dvc.yaml").read_text()))  # without the comments
     assert "vae" not in text and "direct" not in text, "dvc.yaml names a fit"

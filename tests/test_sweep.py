@@ -95,7 +95,7 @@ def test_stage_params_follow_the_dag():
     assert {"fits.direct", "evaluate.gap_steps"} <= closure["evaluate@direct"]
     assert "fits.vae" not in closure["evaluate@direct"]
     assert "evaluate.gap_steps" not in closure["figure_data@vae"] and "visualize.tsne_perplexity" in closure["figure_data@vae"]
-    assert "visualize.tsne_perplexity" not in closure["likelihood@vae"] | closure["anatomy@vae"]
+    assert "visualize.tsne_perplexity" not in closure["likelihood@vae"] | closure["evaluate@vae"]
     assert {"fits", "evaluate.ais_steps", "visualize.tsne_perplexity"} <= closure["visualize"]
 
 

@@ -6,10 +6,12 @@ trains. (The paired gap by class is the comparison's: evaluation/compare.py.) Th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from latentfit.core.config import EvaluateParams
@@ -23,6 +25,7 @@ from latentfit.evaluation.anatomy_records import (
     RateDistortion,
     Reliability,
 )
+from latentfit.evaluation.blocks import Block, Part, load_state, per_image
 from latentfit.evaluation.likelihoods import Likelihoods, Streams, ais_schedule
 from latentfit.inference.ais import AisPath, ais_paths
 from latentfit.inference.diagnostics import (
@@ -142,3 +145,21 @@ def anatomy(fit: FitModel, lik: Likelihoods, train: dict[str, torch.Tensor], tes
     test_columns = {f"{q}_neg_elbo": -t["elbo"] for q, t in terms.items()}
     test_columns |= {"posterior_rate": rate, "posterior_distortion": -lik.ais.log_prob - rate}
     return result, mixture, [{"fit": fit.name, **row} for row in rows], test_columns, train_columns
+
+
+def anatomy_part(b: Block) -> Part:
+    """The fit's anatomy from its likelihood block (its AIS path, importance weights and post-hoc encoder), as
+    the part evaluate@<fit> merges: numbers, per-image columns (test and training images), the curve."""
+    if not b.params.evaluate.anatomy:
+        return Part({}, {"images": per_image({}, b.test["y"][:0], "test"), "rate_distortion": pd.DataFrame(
+            columns=RD_COLUMNS)})
+    state = load_state(b.name, "likelihood", b.device)
+    weights = {name: Sampled({}, state[name]["ess"], state[name]["log_w"]) for name in ("prior", "iwae")}
+    lik = Likelihoods(b.encoder(), b.posthoc(), weights["prior"], weights["iwae"], None, AisPath(**state["ais"]), {})
+    why, mixture, rd_curve, test_columns, train_columns = anatomy(b.fit, lik, b.train, b.test, b.params.evaluate, b.own)
+    images = per_image(test_columns, b.test["y"][: len(next(iter(test_columns.values())))], "test")
+    if train_columns:
+        n = len(next(iter(train_columns.values())))
+        images = pd.concat([images, per_image(train_columns, b.train["y"][:n], "train")], ignore_index=True)
+    scores = {"anatomy": dataclasses.asdict(why)} | ({"mixture": dataclasses.asdict(mixture)} if mixture else {})
+    return Part(scores, {"images": images, "rate_distortion": pd.DataFrame(rd_curve, columns=RD_COLUMNS)})

@@ -1,14 +1,16 @@
-"""One fit's evaluation, split where its params split: each block is a stage `<block>@<fit>` that reads the
-params it needs key by key, its inputs, and writes its part to `evaluation/<fit>/<block>/` (`part.json`
-with its share of the fit's numbers, and per-image rows, curves or tensors beside it). `evaluate@<fit>`
-merges the parts into the fit's results (evaluation/merge.py), so a t-SNE tweak re-draws figures, an
-anatomy param re-runs the anatomy, and no likelihood is computed again for either.
+"""One fit's evaluation, split where its params split, each part in its own stage: `likelihood@<fit>` (the
+held-out likelihoods, with the post-hoc encoder and the AIS path the others read), `evaluate@<fit>` (the
+anatomy and the latent structure, computed there, then every part merged into the fit's results by
+evaluation/merge.py) and `figure_data@<fit>` (visualize params only). Each stage reads the params it needs
+key by key and writes each part to `evaluation/<fit>/<part>/` (`part.json` with its share of the fit's
+numbers, and per-image rows, curves or tensors beside it). So a t-SNE tweak re-draws figures, an anatomy
+param re-runs the anatomy, and no likelihood is computed again for either. Three stages per fit, not one
+per part: each stage start costs its process (torch's import, the data), bench/results-stage-start-cpu.md.
 
-Every block draws from its own streams, derived from `evaluate.seed`, the fit's name and the stream's
-name (runtime.stream), the same names as when the blocks ran in one process: splitting moved no number.
-A block opens no MLflow run of its own: its numbers, per-epoch records and timing go into its part, and
-`evaluate@<fit>` logs the fit's whole evaluation as one run (a block starts without importing MLflow,
-bench/results-stage-start-cpu.md)."""
+Every part draws from its own streams, derived from `evaluate.seed`, the fit's name and the stream's
+name (runtime.stream), the same names as when the parts ran in one process: splitting moved no number.
+Only `evaluate@<fit>` opens an MLflow run: the other parts' numbers, per-epoch records and timing go into
+their part.json, and it logs the fit's whole evaluation as one run."""
 
 from __future__ import annotations
 
@@ -135,23 +137,35 @@ def write_part(out: Path, part: Part, seconds: float, ran_on: dict[str, str],
                                        "epochs": epochs or []})
 
 
+def open_block(block: str, reads: tuple[str, ...]) -> tuple[Block, str]:
+    """Stage `<block>@<fit>`'s work: its fit (from the command line), the params it declared, the data and
+    model on the device; and the stage's name."""
+    full = load_params()
+    name, stage = fit_argument(block, full.fits)
+    params = full.reading(reads, stage)
+    device = pick_device(params.device)
+    train, test = load_data(device)
+    return Block(name, load_fit(name, Path(f"models/{name}.pt"), device), train, test, params), stage
+
+
+def run_part(work: Block, block: str, compute: Callable[[Block], Part]) -> float:
+    """`compute` on `work`, its part written to evaluation/<fit>/<block>/ (atomically); its seconds."""
+    start, work.epochs = time.perf_counter(), []
+    part = compute(work)
+    share_cpus()
+    seconds = time.perf_counter() - start
+    write_part(part_dir(work.name, block), part, seconds, where(work.device) | {"trained_on": work.fit.trained_on},
+               work.epochs)
+    return seconds
+
+
 def block_stage(block: str, reads: tuple[str, ...], compute: Callable[[Block], Part]) -> Callable[[], None]:
     """The main() of stage `<block>@<fit>`: params, data and model in, `compute`, the part out."""
 
     @stage_main(block)
     def main() -> None:
-        full = load_params()
-        name, stage = fit_argument(block, full.fits)
-        params = full.reading(reads, stage)
-        device = pick_device(params.device)
-        train, test = load_data(device)
-        fit = load_fit(name, Path(f"models/{name}.pt"), device)
-        start = time.perf_counter()
-        work = Block(name, fit, train, test, params)
-        part = compute(work)
-        share_cpus()
-        write_part(part_dir(name, block), part, time.perf_counter() - start,
-                   where(device) | {"trained_on": fit.trained_on}, work.epochs)
-        print(f"{stage}: {time.perf_counter() - start:.1f} s -> {part_dir(name, block)}/")
+        work, stage = open_block(block, reads)
+        seconds = run_part(work, block, compute)
+        print(f"{stage}: {seconds:.1f} s -> {part_dir(work.name, block)}/")
 
     return main

@@ -4,6 +4,7 @@ every random draw comes from a passed generator."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -12,9 +13,10 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from latentfit.core.config import EvaluateParams
+from latentfit.evaluation.blocks import Block, Part
 from latentfit.evaluation.reference import feature_stats, features, frechet_distance
 from latentfit.evaluation.schema import Denoise, Latent, flip_key
-from latentfit.fitting.posthoc import Classifier
+from latentfit.fitting.posthoc import Classifier, load_classifier
 from latentfit.inference.reconstruct import encode, flip_pixels, reconstruct
 from latentfit.model.files import FitModel
 from latentfit.model.likelihood import bernoulli_log_prob
@@ -69,3 +71,18 @@ def sample_fd(decoder: Decoder, classifier: Classifier, reference: tuple[np.ndar
     device = next(decoder.parameters()).device
     samples = torch.sigmoid(decoder.eval()(torch.randn(n, decoder.z_dim, generator=g, device=device)))
     return frechet_distance(feature_stats(features(classifier, samples)), reference)
+
+
+CLASSIFIER = "models/classifier.pt"  # the reference stage's feature classifier
+
+
+def structure_part(b: Block) -> Part:
+    """Denoising, the classes in the latent space and the samples' Frechet distance, as the part
+    evaluate@<fit> merges."""
+    p, x = b.params.evaluate, b.test["x"]
+    classifier, reference = load_classifier(CLASSIFIER, b.device)
+    denoise = denoising(b.fit, x[: p.denoise_images], list(p.flip_probs), p.search_candidates, b.shared)
+    latent = latent_structure(b.encoder(), b.train["x"], b.train["y"], x, b.test["y"], p)
+    fd = sample_fd(b.fit.decoder, classifier, reference, min(p.fid_samples, len(x)), b.own("samples"))
+    return Part({"denoise": {k: dataclasses.asdict(v) for k, v in denoise.items()},
+                 "latent": dataclasses.asdict(latent), "sample_fd": fd}, {})

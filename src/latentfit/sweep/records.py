@@ -1,6 +1,6 @@
 """What a landed run records, read from its experiment alone through one DVC file system at its ref: its comparison
 (the final stage's numbers), the params it ran with (the experiment commit's params.yaml) and each per-fit stage's
-time (the training history's per-epoch seconds, the evaluation blocks' `part.json`)."""
+time (the training history's per-epoch seconds, the evaluation parts' `part.json`, summed by the stage that computes them)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from latentfit.evaluation.merge import BLOCKS as SCORED
 from latentfit.sweep.repo import git
 
-BLOCKS = (*SCORED, "figure_data")  # the per-fit evaluation stages with a part.json: the scored ones and the figures'
+# each part of a fit's evaluation with a part.json, and the per-fit stage that computes it
+PARTS = {"likelihood": "likelihood", "anatomy": "evaluate", "structure": "evaluate", "figure_data": "figure_data"}
 DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
 
@@ -80,11 +80,14 @@ def read_records(repo: Path, rev: str) -> RunRecords:
             epochs = pd.read_csv(io.StringIO(history))
             if "seconds" in epochs:
                 times.append(StageTime(f"train@{fit}", float(epochs["seconds"].sum()), _digest(history)))
-        for block in BLOCKS:
-            part = _read(fs, f"evaluation/{fit}/{block}/part.json")
-            seconds = json.loads(part).get("seconds") if part is not None else None
-            if part is not None and seconds is not None:
-                times.append(StageTime(f"{block}@{fit}", float(seconds), _digest(part)))
+        parts: dict[str, list[tuple[float, str]]] = {}  # stage -> its parts' (seconds, record)
+        for part, stage in PARTS.items():
+            text = _read(fs, f"evaluation/{fit}/{part}/part.json")
+            seconds = json.loads(text).get("seconds") if text is not None else None
+            if text is not None and seconds is not None:
+                parts.setdefault(stage, []).append((float(seconds), text))
+        times += [StageTime(f"{stage}@{fit}", sum(s for s, _ in done), _digest("".join(t for _, t in done)))
+                  for stage, done in parts.items()]
     comparison = _read(fs, DETAILS)
     return RunRecords(params, times, json.loads(comparison) if comparison else {})
 
