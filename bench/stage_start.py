@@ -52,8 +52,9 @@ if sys.argv[2] == "fits":
 print(json.dumps({"imports": imported - start, "tracking": tracked - imported, "optimizer": optimizer}))
 """
 
-# what a stage script calls that creates an optimiser (a training loop, a post-hoc encoder, the classifier)
-FITTING = ("make_optimizer", "TRAINERS", "fit_posthoc_encoder", "evaluate_fit", "import reference")
+# what a stage script calls that creates an optimiser (a training loop, a post-hoc encoder, the classifier,
+# the anatomy's per-image Gaussians)
+FITTING = ("make_optimizer", "TRAINERS", "fit_posthoc_encoder", "evaluate_fit", "import reference", "anatomy_part")
 
 
 def fits_something(script: Path) -> bool:
