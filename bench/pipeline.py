@@ -53,8 +53,8 @@ def repro(repo: Path) -> float:
 
 def fit_results(repo: Path) -> dict[str, bytes]:
     """Every file of every fit's results (metrics/fits/<fit>/), by path."""
-    return {str(f.relative_to(repo)): f.read_bytes() for fit in sorted((repo / "metrics/fits").iterdir())
-            if fit.is_dir() for f in sorted(fit.rglob("*")) if f.is_file()}
+    fits = sorted(p for p in (repo / "metrics/fits").glob("*") if p.is_dir())  # not DVC's .gitignore
+    return {str(f.relative_to(repo)): f.read_bytes() for fit in fits for f in sorted(fit.rglob("*")) if f.is_file()}
 
 
 def experiment(repo: Path, change: str) -> tuple[float, list[str], str]:
@@ -92,6 +92,8 @@ def main() -> None:
                         "counts): this VM's speed drifts by 10-25%% over minutes")
     parser.add_argument("--out", help="write the Markdown result here too")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: at least 1 full run of each clone")
     repo = Path(args.repo).resolve()
     text = (repo / "params.yaml").read_text()
     params = yaml.safe_load(text)

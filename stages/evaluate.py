@@ -15,12 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 from latentfit.core.config import to_flat_dict
 from latentfit.core.errors import DataError
 from latentfit.core.io import atomic_dir, file_md5, write_json, write_table
-from latentfit.core.runtime import stage_main
+from latentfit.core.runtime import stage_main, where
 from latentfit.core.tracking import stage_run
 from latentfit.evaluation.anatomy import anatomy_part
-from latentfit.evaluation.blocks import open_block, run_part
+from latentfit.evaluation.blocks import open_block, part_dir, run_part
 from latentfit.evaluation.merge import merge
-from latentfit.evaluation.structure import structure_part
+from latentfit.evaluation.structure import CLASSIFIER, structure_part
 
 # the params it reads: its `params` in dvc.yaml (`python -m latentfit.dag` checks), and all it may read
 READS = ("evaluate.seed", "evaluate.anatomy", "evaluate.gap_train_images", "evaluate.gap_steps", "evaluate.gap_samples",
@@ -38,14 +38,17 @@ def main() -> None:
     if not IDENTITY.is_file():
         raise DataError(f"{IDENTITY} is missing: run `dvc repro preprocess` (it records what the data are)")
     work, stage = open_block("evaluate", READS)
-    for part, compute in (("anatomy", anatomy_part), ("structure", structure_part)):
-        run_part(work, part, compute)
     fit, params = work.name, work.params
-    merged = merge(EVALUATION, fit, file_md5(f"models/{fit}.pt"), json.loads(IDENTITY.read_text()))
-    ran_on = merged.scores.ran_on
-    where = {k: v for k, v in vars(ran_on).items() if k != "trained_on"} if ran_on else {}
+    likelihood = part_dir(fit, "likelihood") / "part.json"
+    for path, producer in ((likelihood, f"likelihood@{fit}"), (Path(CLASSIFIER), "reference")):
+        if not path.is_file():  # before any work: the anatomy alone takes minutes
+            raise DataError(f"{path} is missing: run `dvc repro {producer}` first")
+    # the run opens first: an unreachable tracking store with tracking.required stops the stage before any work
     with stage_run(stage, to_flat_dict(params), params.tracking.experiment, params.tracking.required,
-                   tags=where) as run:
+                   tags=where(work.device)) as run:
+        for part, compute in (("anatomy", anatomy_part), ("structure", structure_part)):
+            run_part(work, part, compute)
+        merged = merge(EVALUATION, fit, file_md5(f"models/{fit}.pt"), json.loads(IDENTITY.read_text()))
         with atomic_dir(RESULTS / fit) as tmp:  # the fit's results appear together, or not at all
             write_table(tmp / "images.csv", merged.images)
             write_table(tmp / "estimators.csv", merged.estimators)

@@ -39,7 +39,7 @@ def stage_module(block: str) -> Any:
 
 STAGES = {block: stage_module(block) for block in STAGED}
 COMPUTE = {"likelihood": STAGES["likelihood"].compute, "anatomy": anatomy_part, "structure": structure_part,
-           "figure_data": STAGES["figure_data"].compute}  # in the order DVC runs them
+           "figure_data": STAGES["figure_data"].compute}  # each from its own streams: the order moves no number
 
 
 @contextlib.contextmanager

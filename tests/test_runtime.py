@@ -50,6 +50,7 @@ def test_the_share_is_the_cores_over_the_stages_and_never_zero(registry, monkeyp
     finally:
         for n in neighbours:
             n.kill()
+            n.wait()
 
 
 def test_latentfit_threads_overrides_the_share(registry, monkeypatch):

@@ -30,8 +30,9 @@ class Merged:
 
 def _part(root: Path, fit: str, block: str) -> dict:
     path = root / fit / block / "part.json"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro {block}@{fit}` first")
+    if not path.is_file():  # likelihood@<fit> writes its part; evaluate@<fit> the anatomy's and the structure's
+        raise DataError(f"{path} is missing: run `dvc repro {'likelihood' if block == 'likelihood' else 'evaluate'}"
+                        f"@{fit}` first")
     return json.loads(path.read_text())
 
 
