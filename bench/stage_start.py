@@ -74,8 +74,8 @@ def per_fit_stages(root: Path) -> set[str]:
 
 def measure(root: Path, script: Path, fits: bool, repeat: int, env: dict[str, str]) -> dict[str, float]:
     best: dict[str, float] = {}
+    tracks = "tracks" if "stage_run" in script.read_text() else "-"  # an evaluation block opens no run
     for _ in range(repeat):
-        tracks = "tracks" if "stage_run" in script.read_text() else "-"  # an evaluation block opens no run
         done = subprocess.run([sys.executable, "-c", CHILD, str(script), "fits" if fits else "-", tracks], cwd=root,
                               env=env, capture_output=True, text=True, check=True)
         times = json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,7 +14,9 @@ import pandas as pd
 from latentfit.core.errors import DataError
 from latentfit.evaluation.schema import FitScores, RanOn
 
-BLOCKS = ("likelihood", "anatomy", "structure")  # the blocks whose numbers are the fit's scores
+# the parts whose numbers are the fit's scores, and the per-fit stage that writes each
+WRITTEN_BY = {"likelihood": "likelihood", "anatomy": "evaluate", "structure": "evaluate"}
+BLOCKS = tuple(WRITTEN_BY)
 KEYS = ["split", "image", "label"]  # what identifies an image's row in every block's images.csv
 
 
@@ -30,9 +32,8 @@ class Merged:
 
 def _part(root: Path, fit: str, block: str) -> dict:
     path = root / fit / block / "part.json"
-    if not path.is_file():  # likelihood@<fit> writes its part; evaluate@<fit> the anatomy's and the structure's
-        raise DataError(f"{path} is missing: run `dvc repro {'likelihood' if block == 'likelihood' else 'evaluate'}"
-                        f"@{fit}` first")
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `dvc repro {WRITTEN_BY[block]}@{fit}` first")
     return json.loads(path.read_text())
 
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from latentfit.evaluation.merge import WRITTEN_BY
 from latentfit.sweep.repo import git
 
-# each part of a fit's evaluation with a part.json, and the per-fit stage that computes it
-PARTS = {"likelihood": "likelihood", "anatomy": "evaluate", "structure": "evaluate", "figure_data": "figure_data"}
+# each part of a fit's evaluation with a part.json, and the per-fit stage that computes it: the scored ones and
+# the figures'
+PARTS = {**WRITTEN_BY, "figure_data": "figure_data"}
 DETAILS = "metrics/comparison_details.json"  # the final stage's numbers, in every landed experiment
 
 

@@ -109,8 +109,8 @@ def markdown(name: str, commit: str, runs: pd.DataFrame, stats: pd.DataFrame, pl
     if costs:
         total = sum(c["seconds"] for c in costs)
         lines += ["## What it cost", "",
-                  (f"Seconds of each per-fit stage as the runs recorded them (training: the sum of its epochs; a block: "
-                   f"its `part.json`), {total:.0f} s in all. A stage DVC restored from the run cache counts once: "
+                  (f"Seconds of each per-fit stage as the runs recorded them (training: the sum of its epochs; an "
+                   f"evaluation stage: its parts' `part.json`), {total:.0f} s in all. A stage DVC restored from the run cache counts once: "
                    "`computed` is how many distinct results the runs hold, `runs` how many runs used one."), "",
                   tabulate([[c["stage"], c["computed"], c["runs"], f"{c['seconds']:.0f}", f"{c['mean_seconds']:.1f}"]
                             for c in costs], headers=["stage", "computed", "runs", "seconds", "seconds each"],
